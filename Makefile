@@ -1,0 +1,41 @@
+# One-command set-up: `make demo` and `make test` install everything into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+
+.PHONY: install demo test test-all lint bench clean
+
+install: $(STAMP)
+
+# Torch goes first with an exact pin (a CPU wheel on the build machines; an unpinned
+# torch would pull several GB of CUDA packages), then the rest, then this package.
+# DeepSpeed builds against the installed torch, hence --no-build-isolation.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
+	$(BIN)/python -m pip install --quiet --no-build-isolation -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m tide_lightning demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-all: install
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: install
+	$(BIN)/ruff check tide_lightning tests benchmarks
+	$(BIN)/ruff format --check tide_lightning tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/loss_memory.py
+	$(BIN)/python benchmarks/alignment_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
