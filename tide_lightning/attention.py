@@ -12,7 +12,9 @@ import torch
 from torch import Tensor
 
 
-def bd3lm_allowed(q_idx: Tensor, kv_idx: Tensor, seq_len: int, block_size: int, clean_first: bool = False) -> Tensor:
+def bd3lm_allowed(
+    q_idx: Tensor, kv_idx: Tensor, seq_len: int, block_size: int, clean_first: bool = False
+) -> Tensor:
     """Whether query ``q_idx`` may attend key ``kv_idx`` in the ``2L`` layout.
 
     With ``clean_first=False`` the layout is ``[xt ; x0]`` (the student); with
@@ -45,7 +47,9 @@ def bd3lm_allowed(q_idx: Tensor, kv_idx: Tensor, seq_len: int, block_size: int, 
     return same_block_same_half | noisy_sees_past_clean | clean_causal
 
 
-def bd3lm_attention_mask(seq_len: int, block_size: int, clean_first: bool = False, device=None) -> Tensor:
+def bd3lm_attention_mask(
+    seq_len: int, block_size: int, clean_first: bool = False, device=None
+) -> Tensor:
     """Dense block-diffusion mask over the ``2L`` concatenated sequence.
 
     Args:
