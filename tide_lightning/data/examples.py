@@ -1,0 +1,268 @@
+"""Turn one document into the token fields of one training example.
+
+Pure functions of (tokenizer, document, lengths); no torch, no state. The stream
+calls them inside dataloader workers. Conventions (SPEC section 3): prompt tokens
+are never maskable; a sequence is filled with EOS up to a multiple of the block
+size and the filling EOS are maskable (supervised); padding comes later, in the
+collate step, and therefore starts on a block boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Example:
+    """Token fields of one sequence before padding (lists, all of one length per side).
+
+    Attributes:
+        input_ids: student token ids, length L_i (a multiple of the block size).
+        maskable: per student token, True where it may be masked and is supervised.
+        teacher_input_ids: cross pipeline only, teacher token ids, length Lt_i.
+        teacher_maskable: cross pipeline only, per teacher token.
+        student_chunk_ids: cross pipeline only, chunk index per student token or -1.
+        teacher_chunk_ids: cross pipeline only, chunk index per teacher token or -1.
+    """
+
+    input_ids: list[int]
+    maskable: list[bool]
+    teacher_input_ids: list[int] | None = None
+    teacher_maskable: list[bool] | None = None
+    student_chunk_ids: list[int] | None = None
+    teacher_chunk_ids: list[int] | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        """Student plus teacher token count (for throughput figures)."""
+        return len(self.input_ids) + len(self.teacher_input_ids or ())
+
+
+def fill_to_block(
+    ids: list[int], maskable: list[bool], eos_id: int, block_size: int
+) -> tuple[list[int], list[bool]]:
+    """Append maskable EOS tokens until the length is a multiple of ``block_size``.
+
+    Args:
+        ids: token ids, length n.
+        maskable: per-token flags, length n.
+        eos_id: the EOS token id.
+        block_size: diffusion block size Bk.
+
+    Returns:
+        (ids, maskable), length ceil(n / Bk) * Bk; the added tokens are EOS and maskable.
+    """
+    n_fill = (-len(ids)) % block_size
+    return ids + [eos_id] * n_fill, maskable + [True] * n_fill
+
+
+def render_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
+    """Render chat messages with the tokenizer's template, thinking disabled (Qwen3)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("chat records need a tokenizer with a chat template")
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, enable_thinking=False)
+
+
+def response_char_spans(
+    text: str, messages: Sequence[dict[str, str]], turn_end: str | None
+) -> list[tuple[int, int]]:
+    """Character spans of the assistant answers inside a rendered chat.
+
+    Each assistant content (the part after ``</think>`` when it carries one) is
+    searched left to right; the span is extended over the end-of-turn marker that
+    directly follows it (after optional whitespace) so the model learns to stop.
+    Answers the template rewrote beyond recognition are left unsupervised.
+
+    Args:
+        text: the rendered chat.
+        messages: the messages it was rendered from.
+        turn_end: end-of-turn marker to include (e.g. "<|im_end|>"), or None.
+
+    Returns:
+        Sorted, disjoint [start, end) character spans.
+    """
+    spans, cursor = [], 0
+    for m in messages:
+        if m["role"] != "assistant":
+            continue
+        content = m["content"].split("</think>")[-1].strip()
+        if not content:
+            continue
+        start = text.find(content, cursor)
+        if start < 0:
+            continue
+        end = start + len(content)
+        if turn_end:
+            rest = len(text[end:]) - len(text[end:].lstrip())
+            if text.startswith(turn_end, end + rest):
+                end += rest + len(turn_end)
+        spans.append((start, end))
+        cursor = end
+    return spans
+
+
+def chat_example(
+    tokenizer: Any,
+    messages: Sequence[dict[str, str]],
+    max_length: int,
+    block_size: int,
+    eos_id: int,
+    turn_end: str | None = None,
+) -> Example | None:
+    """Tokenize a chat: prompt tokens unmaskable, answers maskable, EOS fill, truncation.
+
+    Args:
+        tokenizer: a fast Hugging Face tokenizer with a chat template.
+        messages: {role, content} dicts.
+        max_length: student length limit (a multiple of ``block_size``).
+        block_size: diffusion block size.
+        eos_id: EOS id used for the block fill.
+        turn_end: end-of-turn marker supervised with each answer; None uses the
+            tokenizer's EOS token text.
+
+    Returns:
+        The example, or None when no answer token survives truncation.
+    """
+    text = render_chat(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = response_char_spans(text, messages, turn_end or getattr(tokenizer, "eos_token", None))
+    ids = list(enc["input_ids"])[:max_length]
+    offsets = enc["offset_mapping"][: len(ids)]
+    maskable = [any(s < e1 and e > s1 for s1, e1 in spans) for s, e in offsets]
+    if not any(maskable):
+        return None
+    ids, maskable = fill_to_block(ids, maskable, eos_id, block_size)
+    return Example(ids, maskable)
+
+
+def text_tokens(tokenizer: Any, text: str, eos_id: int) -> list[int]:
+    """Token ids of a raw document followed by one EOS (the document separator)."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos_id]
+
+
+def text_example(
+    tokenizer: Any, text: str, max_length: int, block_size: int, eos_id: int
+) -> Example:
+    """One unpacked raw document: all tokens maskable, truncated, EOS-filled."""
+    ids = text_tokens(tokenizer, text, eos_id)[:max_length]
+    ids, maskable = fill_to_block(ids, [True] * len(ids), eos_id, block_size)
+    return Example(ids, maskable)
+
+
+def cross_example(
+    alignment: Any,
+    student_prompt: Sequence[bool] | None,
+    teacher_prompt: Sequence[bool] | None,
+    block_size: int,
+    eos_id: int,
+) -> Example | None:
+    """Cross-pipeline fields from a chunk alignment (``tide_lightning.alignment``).
+
+    Student EOS fill tokens belong to no chunk (chunk id -1) but are maskable for
+    the CE term. Teacher tokens are maskable where they are not prompt.
+
+    Args:
+        alignment: object with ``student_ids``, ``teacher_ids`` and ``chunks``, a
+            list of half-open (s0, s1, t0, t1) token ranges.
+        student_prompt: per student token, True for prompt/template; None = none.
+        teacher_prompt: per teacher token, likewise.
+        block_size: diffusion block size (student side).
+        eos_id: student EOS id.
+
+    Returns:
+        The example, or None when no student token is maskable.
+    """
+    s_ids, t_ids = list(alignment.student_ids), list(alignment.teacher_ids)
+    s_mask = [not p for p in student_prompt] if student_prompt is not None else [True] * len(s_ids)
+    t_mask = [not p for p in teacher_prompt] if teacher_prompt is not None else [True] * len(t_ids)
+    if not any(s_mask):
+        return None
+    s_chunk, t_chunk = [-1] * len(s_ids), [-1] * len(t_ids)
+    for c, (s0, s1, t0, t1) in enumerate(alignment.chunks):
+        s_chunk[s0:s1] = [c] * (s1 - s0)
+        t_chunk[t0:t1] = [c] * (t1 - t0)
+    n = len(s_ids)
+    s_ids, s_mask = fill_to_block(s_ids, s_mask, eos_id, block_size)
+    s_chunk += [-1] * (len(s_ids) - n)
+    return Example(s_ids, s_mask, t_ids, t_mask, s_chunk, t_chunk)
+
+
+@dataclass
+class ExampleBuilder:
+    """Everything a worker needs to turn a :class:`Record` into tokens (picklable).
+
+    Attributes:
+        student_tokenizer: fast Hugging Face tokenizer of the student.
+        max_length: student length L (a multiple of ``block_size``).
+        block_size: diffusion block size.
+        eos_id: student EOS id (block fill, document separator).
+        pipeline: "shared" or "cross".
+        teacher_tokenizer: teacher tokenizer (cross pipeline).
+        teacher_max_length: teacher length Lt (cross pipeline).
+        pack_text: shared pipeline: pack raw text into full rows of length L.
+        turn_end: end-of-turn marker supervised after each answer (None: EOS text).
+    """
+
+    student_tokenizer: Any
+    max_length: int
+    block_size: int
+    eos_id: int
+    pipeline: str = "shared"
+    teacher_tokenizer: Any = None
+    teacher_max_length: int = 0
+    pack_text: bool = True
+    turn_end: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_length % self.block_size:
+            raise ValueError(
+                f"max_length {self.max_length} must be a multiple of block_size {self.block_size}"
+            )
+        if self.pipeline not in ("shared", "cross"):
+            raise ValueError(f"pipeline must be 'shared' or 'cross', got {self.pipeline!r}")
+        if self.pipeline == "cross" and (
+            self.teacher_tokenizer is None or self.teacher_max_length <= 0
+        ):
+            raise ValueError("the cross pipeline needs teacher_tokenizer and teacher_max_length")
+
+    def packable(self, record: Any) -> bool:
+        """Whether the record goes into the packing buffer (raw text, shared pipeline)."""
+        return self.pack_text and self.pipeline == "shared" and record.text is not None
+
+    def tokens(self, record: Any) -> list[int]:
+        """Token ids of a packable record, EOS-terminated."""
+        return text_tokens(self.student_tokenizer, record.text, self.eos_id)
+
+    def example(self, record: Any) -> Example | None:
+        """One unpacked example (chat, unpacked text, or any cross record)."""
+        if self.pipeline == "shared":
+            if record.text is not None:
+                return text_example(
+                    self.student_tokenizer,
+                    record.text,
+                    self.max_length,
+                    self.block_size,
+                    self.eos_id,
+                )
+            return chat_example(
+                self.student_tokenizer,
+                record.messages,
+                self.max_length,
+                self.block_size,
+                self.eos_id,
+                self.turn_end,
+            )
+        return self._cross_example(record)
+
+    def _cross_example(self, record: Any) -> Example | None:
+        from tide_lightning import alignment
+
+        kwargs = {"max_student_len": self.max_length, "max_teacher_len": self.teacher_max_length}
+        s_tok, t_tok = self.student_tokenizer, self.teacher_tokenizer
+        if record.text is not None:
+            al = alignment.align_texts(s_tok, t_tok, record.text, **kwargs)
+            return cross_example(al, None, None, self.block_size, self.eos_id)
+        al = alignment.align_messages(s_tok, t_tok, list(record.messages), **kwargs)
+        return cross_example(al, al.student_prompt, al.teacher_prompt, self.block_size, self.eos_id)
