@@ -1,0 +1,156 @@
+"""Attention masks in the forms the Hugging Face attention back-ends accept.
+
+Two rules matter for correctness:
+
+- A boolean 4-D mask is only right with SDPA (``True`` = attend). Eager attention
+  *adds* the mask to the scores (a bool becomes 0/1, i.e. no masking at all) and
+  FlashAttention-2 ignores a 4-D mask; both are silently wrong here. Paths that may
+  run under other back-ends (cached decoding, remote-code teachers) use an
+  additive float mask instead, which every back-end applies correctly.
+- No query row may be fully masked: SDPA turns an all-masked row into NaN, and a NaN
+  value vector poisons every later query even where its weight is zero. Every
+  query is therefore always allowed to see itself (only padding rows ever rely on
+  it, and their outputs are never read).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tide_lightning.attention import bd3lm_allowed, bd3lm_attention_mask
+
+
+def position_ids_from_mask(valid: Tensor) -> Tensor:
+    """Position ids that count real tokens only (left padding gets position 0).
+
+    Args:
+        valid: Bool[B, P], ``True`` for real tokens.
+
+    Returns:
+        Long[B, P]: ``cumsum(valid) - 1`` clamped at 0.
+    """
+    return (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _with_diagonal(allowed: Tensor) -> Tensor:
+    """Allow each query its own key (allowed: Bool[B, 1, Q, Q])."""
+    q = allowed.shape[-1]
+    return allowed | torch.eye(q, dtype=torch.bool, device=allowed.device)
+
+
+def bd3lm_batch_mask(
+    key_valid: Tensor | None,
+    seq_len: int,
+    block_size: int,
+    clean_first: bool = False,
+    batch_size: int = 1,
+    device=None,
+) -> Tensor:
+    """Block-diffusion mask over ``2L`` tokens with padding keys removed.
+
+    Args:
+        key_valid: Bool[B, L] real tokens of one half (the same for both halves), or None.
+        seq_len: ``L``.
+        block_size: ``Bk``.
+        clean_first: ``False`` for ``[xt ; x0]`` (student), ``True`` for ``[x0 ; xt]`` (WeDLM).
+        batch_size: used when ``key_valid`` is None.
+        device: where to build it.
+
+    Returns:
+        Bool[B, 1, 2L, 2L], ``True`` = attend (SDPA convention).
+    """
+    rule = bd3lm_attention_mask(seq_len, block_size, clean_first, device=device)
+    if key_valid is None:
+        return rule.expand(batch_size, 1, 2 * seq_len, 2 * seq_len)
+    keys = torch.cat([key_valid, key_valid], dim=-1).bool()
+    return _with_diagonal(rule[None, None] & keys[:, None, None, :])
+
+
+def bidirectional_batch_mask(key_valid: Tensor) -> Tensor:
+    """Full bidirectional attention with padding keys removed.
+
+    Args:
+        key_valid: Bool[B, L].
+
+    Returns:
+        Bool[B, 1, L, L].
+    """
+    length = key_valid.shape[-1]
+    allowed = key_valid.bool()[:, None, None, :].expand(-1, 1, length, -1)
+    return _with_diagonal(allowed)
+
+
+def prefix_block_mask(
+    key_valid: Tensor, query_len: int, block_size: int, bidirectional_query: bool
+) -> Tensor:
+    """Mask for ``query_len`` new tokens appended after a cached prefix.
+
+    The new tokens are the last ``query_len`` of the ``P + Q`` keys. They see every
+    valid prefix key; among themselves they are block-causal over the layout index
+    (``bidirectional_query=False``, clean blocks being committed) or fully
+    bidirectional (``True``, one noisy block being denoised).
+
+    Args:
+        key_valid: Bool[B, P + Q] validity of every key (prefix then new tokens).
+        query_len: ``Q``.
+        block_size: ``Bk``, used for the block-causal case; ``P`` must be a multiple.
+        bidirectional_query: see above.
+
+    Returns:
+        Bool[B, 1, Q, P + Q].
+    """
+    total = key_valid.shape[-1]
+    prefix = total - query_len
+    q_idx = torch.arange(prefix, total, device=key_valid.device)[:, None]
+    k_idx = torch.arange(total, device=key_valid.device)[None, :]
+    if bidirectional_query:
+        rule = torch.ones(query_len, total, dtype=torch.bool, device=key_valid.device)
+    else:
+        rule = (k_idx // block_size) <= (q_idx // block_size)
+    allowed = rule[None, None] & key_valid.bool()[:, None, None, :]
+    return allowed | (q_idx == k_idx)[None, None]
+
+
+def to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Boolean ``True``-attends mask to an additive one (0 where allowed, dtype min elsewhere).
+
+    A large finite negative value rather than ``-inf`` keeps fully masked rows finite.
+
+    Args:
+        mask: Bool[..., Q, K].
+        dtype: float dtype of the scores.
+
+    Returns:
+        Float[..., Q, K].
+    """
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    neg = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=mask.device)
+    return torch.where(mask, zero, neg)
+
+
+def bd3lm_flex_block_mask(
+    key_valid: Tensor | None, seq_len: int, block_size: int, clean_first: bool, batch_size: int
+):
+    """The same rule as :func:`bd3lm_batch_mask` as a flex-attention ``BlockMask`` (CUDA only).
+
+    Args:
+        key_valid: Bool[B, L] or None.
+        seq_len: ``L``.
+        block_size: ``Bk``.
+        clean_first: layout order.
+        batch_size: ``B``.
+
+    Returns:
+        ``torch.nn.attention.flex_attention.BlockMask`` over ``2L x 2L``.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        allowed = bd3lm_allowed(q_idx, kv_idx, seq_len, block_size, clean_first)
+        if key_valid is None:
+            return allowed
+        return (allowed & key_valid[b, kv_idx % seq_len]) | (q_idx == kv_idx)
+
+    device = key_valid.device if key_valid is not None else "cuda"
+    return create_block_mask(mask_mod, batch_size, None, 2 * seq_len, 2 * seq_len, device=device)

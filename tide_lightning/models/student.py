@@ -1,0 +1,386 @@
+"""The block-diffusion (BD3LM) student: a Qwen3 backbone run under the SPEC section 3 mask.
+
+The student is plain Qwen3 weights; what makes it a block-diffusion model is how it
+is called. Training runs ``[xt ; x0]`` (length ``2L``) with duplicated position ids
+and the block mask of :mod:`tide_lightning.attention`; the LM head runs only on the
+noisy positions a loss needs (the vocabulary is 151,936 rows, so a full ``2L x V``
+logit tensor would dominate memory). Sampling reuses the clean half's rule block by
+block with a key/value cache (:mod:`tide_lightning.models.kv_cache`).
+
+Attention back-end: SDPA with a boolean 4-D mask everywhere by default; flex
+attention with a ``BlockMask`` (same predicate) for training when CUDA is present
+and ``attention="flex"``/``"auto"``. Eager attention and FlashAttention-2 are never
+used: both would silently ignore or misread the mask.
+
+The published checkpoint declares ``model_type: "a2d-qwen3"``. We register a tiny
+config/model pair under that name with the transformers Auto classes (no remote code),
+identical to Qwen3 except for the name and the stored ``mask_token_id``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForMaskedLM, Qwen3Config, Qwen3ForCausalLM
+
+from tide_lightning.models import masks
+from tide_lightning.models.kv_cache import BlockCache, CacheRecorder
+
+STUDENT_MODEL_TYPES = ("a2d-qwen3", "qwen3")
+MASK_TOKEN = "<|mask|>"
+
+
+class A2DQwen3Config(Qwen3Config):
+    """Qwen3 config under the published BD3LM ``model_type``."""
+
+    model_type = "a2d-qwen3"
+
+
+class A2DQwen3Model(Qwen3ForCausalLM):
+    """Qwen3 weights and modules, loaded for block diffusion (same parameter names)."""
+
+    config_class = A2DQwen3Config
+
+
+AutoConfig.register("a2d-qwen3", A2DQwen3Config, exist_ok=True)
+AutoModelForMaskedLM.register(A2DQwen3Config, A2DQwen3Model, exist_ok=True)
+
+
+def resolve_attention(attention: str) -> str:
+    """Map ``"auto" | "sdpa" | "flex"`` to a transformers attention implementation name."""
+    if attention not in ("auto", "sdpa", "flex"):
+        raise ValueError(f"attention must be 'auto', 'sdpa' or 'flex', got {attention!r}")
+    if attention == "flex" and not torch.cuda.is_available():
+        raise ValueError("attention='flex' needs CUDA; use 'sdpa' on CPU")
+    if attention == "flex" or (attention == "auto" and torch.cuda.is_available()):
+        return "flex_attention"
+    return "sdpa"
+
+
+class BD3LMStudent(nn.Module):
+    """Block-diffusion student around a Qwen3 causal-LM module.
+
+    Args:
+        model: a ``Qwen3ForCausalLM`` (or :class:`A2DQwen3Model`) instance.
+        mask_token_id: id of ``<|mask|>``, inside the embedding rows.
+    """
+
+    def __init__(self, model: Qwen3ForCausalLM, mask_token_id: int) -> None:
+        super().__init__()
+        rows = model.get_input_embeddings().weight.shape[0]
+        if not 0 <= mask_token_id < rows:
+            raise ValueError(f"mask_token_id {mask_token_id} is outside the {rows} embedding rows")
+        if model.config._attn_implementation not in ("sdpa", "flex_attention"):
+            raise ValueError(
+                f"attention implementation {model.config._attn_implementation!r} would misread "
+                "the block-diffusion mask; use 'sdpa' or 'flex_attention'"
+            )
+        self.model = model
+        self.mask_token_id = mask_token_id
+        model.config.mask_token_id = mask_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the LM head (may exceed the tokenizer length)."""
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    def _hidden(self, input_ids: Tensor, position_ids: Tensor, mask, cache=None) -> Tensor:
+        out = self.model.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        return out.last_hidden_state
+
+    def _head(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden)
+
+    def forward_train(
+        self,
+        xt: Tensor,
+        x0: Tensor,
+        logits_at: Tensor,
+        block_size: int,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Training forward on ``[xt ; x0]``; LM head only at the selected noisy positions.
+
+        Args:
+            xt: Long[B, L] noisy ids.
+            x0: Long[B, L] clean ids.
+            logits_at: Bool[B, L] positions of the noisy half whose logits are wanted.
+            block_size: ``Bk``.
+            attention_mask: Bool[B, L] real tokens, or None. Padding starts on a block
+                boundary (SPEC section 3.4), so it only changes padding rows; it is
+                applied anyway for safety.
+
+        Returns:
+            Float[N, V] logits in ``xt[logits_at]`` order (N = ``logits_at.sum()``).
+        """
+        batch, length = xt.shape
+        ids = torch.cat([xt, x0], dim=1)
+        pos = torch.arange(length, device=xt.device).repeat(2)[None].expand(batch, -1)
+        if self.model.config._attn_implementation == "flex_attention":
+            mask = masks.bd3lm_flex_block_mask(attention_mask, length, block_size, False, batch)
+        else:
+            mask = masks.bd3lm_batch_mask(
+                attention_mask, length, block_size, batch_size=batch, device=xt.device
+            )
+        hidden = self._hidden(ids, pos, mask)
+        return self._head(hidden[:, :length][logits_at])
+
+    forward = forward_train
+
+    def bidirectional_logits(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Plain fully bidirectional forward (reference computations, masked-diffusion use).
+
+        Args:
+            input_ids: Long[B, L].
+            attention_mask: Bool[B, L] or None.
+
+        Returns:
+            Float[B, L, V].
+        """
+        valid = (
+            torch.ones_like(input_ids, dtype=torch.bool)
+            if attention_mask is None
+            else attention_mask
+        )
+        mask = masks.to_additive(masks.bidirectional_batch_mask(valid), self._dtype())
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None].expand_as(input_ids)
+        return self._head(self._hidden(input_ids, pos, mask))
+
+    def _dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def prefill(
+        self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, block_size: int
+    ) -> BlockCache:
+        """Encode a clean, left-padded prefix block-causally and cache its keys/values.
+
+        Args:
+            input_ids: Long[B, P], ``P`` a multiple of ``block_size`` (left padding).
+            position_ids: Long[B, P] counting real tokens only
+                (:func:`tide_lightning.models.masks.position_ids_from_mask`).
+            attention_mask: Bool[B, P] real tokens.
+            block_size: ``Bk``.
+
+        Returns:
+            A new :class:`BlockCache` holding the ``P`` keys/values per layer.
+        """
+        empty = BlockCache.empty(input_ids.shape[0], input_ids.device)
+        return self.extend_cache(empty, input_ids, position_ids, attention_mask, block_size)
+
+    def forward_block(
+        self,
+        cache: BlockCache,
+        block_ids: Tensor,
+        position_ids: Tensor,
+        key_padding: Tensor | None = None,
+    ) -> Tensor:
+        """Logits of one (partly masked) block attending the cache; the cache is not changed.
+
+        Args:
+            cache: prefix keys/values.
+            block_ids: Long[B, Bk].
+            position_ids: Long[B, Bk].
+            key_padding: Bool[B, Bk] real tokens of the block, or None (all real).
+
+        Returns:
+            Float[B, Bk, V].
+        """
+        valid = torch.ones_like(block_ids, dtype=torch.bool) if key_padding is None else key_padding
+        keys = torch.cat([cache.key_valid, valid.bool()], dim=1)
+        mask = masks.prefix_block_mask(keys, block_ids.shape[1], 1, bidirectional_query=True)
+        recorder = CacheRecorder(cache)
+        hidden = self._hidden(
+            block_ids, position_ids, masks.to_additive(mask, self._dtype()), recorder
+        )
+        return self._head(hidden)
+
+    def extend_cache(
+        self,
+        cache: BlockCache,
+        block_ids: Tensor,
+        position_ids: Tensor,
+        key_padding: Tensor | None = None,
+        block_size: int | None = None,
+    ) -> BlockCache:
+        """Append committed clean tokens to the cache (clean-half rule: block-causal).
+
+        Args:
+            cache: prefix keys/values (not modified).
+            block_ids: Long[B, Q] committed ids, ``Q`` a multiple of ``block_size``.
+            position_ids: Long[B, Q].
+            key_padding: Bool[B, Q] real tokens, or None.
+            block_size: ``Bk``; defaults to ``Q`` (one block).
+
+        Returns:
+            A new :class:`BlockCache` with ``Q`` more keys/values.
+        """
+        if block_ids.shape[1] == 0:
+            return cache
+        valid = torch.ones_like(block_ids, dtype=torch.bool) if key_padding is None else key_padding
+        keys = torch.cat([cache.key_valid, valid.bool()], dim=1)
+        size = block_ids.shape[1] if block_size is None else block_size
+        mask = masks.prefix_block_mask(keys, block_ids.shape[1], size, bidirectional_query=False)
+        recorder = CacheRecorder(cache)
+        self._hidden(block_ids, position_ids, masks.to_additive(mask, self._dtype()), recorder)
+        return recorder.extended(valid.bool())
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each decoder layer in backward (trades compute for activation memory)."""
+        self.model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.model.gradient_checkpointing_disable()
+
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
+        """Write an HF directory (``model_type: a2d-qwen3``) that :func:`load_student` reads."""
+        self.model.save_pretrained(str(directory))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory))
+
+
+def build_student(
+    vocab_size: int,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    mask_token_id: int,
+    num_kv_heads: int | None = None,
+    head_dim: int | None = None,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 4096,
+    tie_word_embeddings: bool = True,
+    dtype: torch.dtype = torch.float32,
+    attention: str = "sdpa",
+    seed: int | None = None,
+) -> BD3LMStudent:
+    """Build a randomly initialised student from explicit sizes (tests, demo).
+
+    Args:
+        vocab_size: embedding rows (must exceed ``mask_token_id``).
+        hidden_size: model width.
+        num_layers: decoder layers.
+        num_heads: query heads.
+        mask_token_id: id of ``<|mask|>``.
+        num_kv_heads: key/value heads (default ``num_heads``).
+        head_dim: per-head width (default ``hidden_size // num_heads``).
+        intermediate_size: MLP width (default ``4 * hidden_size``).
+        max_position_embeddings: RoPE range recorded in the config.
+        tie_word_embeddings: share input embedding and LM head (as Qwen3-0.6B does).
+        dtype: parameter dtype.
+        attention: ``"sdpa" | "flex" | "auto"``.
+        seed: optional seed for reproducible weights.
+
+    Returns:
+        :class:`BD3LMStudent` in train mode.
+    """
+    config = A2DQwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads or num_heads,
+        head_dim=head_dim or hidden_size // num_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+        mask_token_id=mask_token_id,
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = A2DQwen3Model(config).to(dtype)
+    model.set_attn_implementation(resolve_attention(attention))
+    return BD3LMStudent(model, mask_token_id)
+
+
+def _read_model_type(path: Path) -> str:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"student directory {str(path)!r} has no config.json")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type not in STUDENT_MODEL_TYPES:
+        raise ValueError(
+            f"student model_type {model_type!r} in {str(path)!r} is not one of {STUDENT_MODEL_TYPES}"
+        )
+    return model_type
+
+
+def check_student_vocab(mask_token_id: int | None, embedding_rows: int, tokenizer_len: int) -> None:
+    """Fail with the offending value when the tokenizer and the embedding disagree."""
+    if mask_token_id is None:
+        raise ValueError(f"the tokenizer has no {MASK_TOKEN} token (add it before training)")
+    if not 0 <= mask_token_id < embedding_rows:
+        raise ValueError(
+            f"mask token id {mask_token_id} is outside the {embedding_rows} embedding rows"
+        )
+    if embedding_rows < tokenizer_len:
+        raise ValueError(
+            f"embedding rows {embedding_rows} < tokenizer length {tokenizer_len}: "
+            "the checkpoint does not match this tokenizer"
+        )
+
+
+def load_student(
+    path: str | Path, dtype: torch.dtype | None = None, attention: str = "auto"
+) -> tuple[BD3LMStudent, object]:
+    """Load a BD3LM student and its tokenizer from a local directory; nothing downloads.
+
+    Args:
+        path: directory with ``config.json`` (``model_type`` "a2d-qwen3" or "qwen3"),
+            weights and a tokenizer containing ``<|mask|>``.
+        dtype: parameter dtype; default bf16 on CUDA, float32 on CPU.
+        attention: ``"auto" | "sdpa" | "flex"``.
+
+    Returns:
+        ``(student, tokenizer)``.
+
+    Raises:
+        FileNotFoundError, ValueError: missing directory, wrong model type, missing mask
+            token, mask id outside the embedding, fewer embedding rows than tokens, or
+            weights missing from the checkpoint; the message names the value.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"student directory {str(path)!r} does not exist")
+    _read_model_type(path)
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    mask_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+    if mask_id is None or mask_id == tokenizer.unk_token_id:
+        mask_id = None
+    config = A2DQwen3Config.from_pretrained(str(path), local_files_only=True)
+    stored = getattr(config, "mask_token_id", None)
+    if stored is not None and mask_id is not None and stored != mask_id:
+        raise ValueError(f"config mask_token_id {stored} != tokenizer {MASK_TOKEN} id {mask_id}")
+    check_student_vocab(mask_id, config.vocab_size, len(tokenizer))
+    model, info = A2DQwen3Model.from_pretrained(
+        str(path),
+        config=config,
+        dtype=dtype,
+        attn_implementation=resolve_attention(attention),
+        local_files_only=True,
+        output_loading_info=True,
+    )
+    missing = [k for k in info["missing_keys"] if not k.startswith("lm_head")]
+    if missing or ("lm_head.weight" in info["missing_keys"] and not config.tie_word_embeddings):
+        raise ValueError(f"student checkpoint {str(path)!r} lacks weights: {missing[:5]}")
+    return BD3LMStudent(model, mask_id), tokenizer

@@ -1,0 +1,388 @@
+"""Frozen teachers behind one adapter: logits at the positions a loss needs.
+
+A teacher is any Hugging Face model with a decoder (``get_decoder()``) and an LM
+head (``get_output_embeddings()``), run in one of two attention modes (SPEC section 4):
+
+- ``bidirectional``: full attention over the teacher's own tokens, padding keys
+  removed (LLaDA2, generic masked-diffusion models, the tiny MoE test teacher).
+- ``clean_first``: ``[x0 ; xt]`` with the block-diffusion rule mirrored
+  (:func:`tide_lightning.attention.bd3lm_allowed` with ``clean_first=True``) and
+  duplicated position ids (WeDLM). Logits come from the noisy (second) half.
+
+Each kind is one registry entry (:data:`TEACHER_KINDS`) holding its ids, mode and the
+mask form its code accepts: ``"additive"`` (0 / large negative float, what remote
+code built on eager or SDPA attention expects, e.g. LLaDA2's ``generate``) or
+``"bool"`` (``True`` = attend; only with transformers' SDPA). The decoder runs on the
+whole sequence but the LM head only on the selected rows, so a 157k-row head is never
+applied to positions no loss reads.
+
+The adapter's ``forward`` is the whole computation, so a DeepSpeed engine can wrap
+the adapter (:mod:`tide_lightning.models.sharding`) and every rank runs the same
+module sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tide_lightning.models import masks
+
+
+@dataclass(frozen=True)
+class TeacherKind:
+    """Registry entry for one family of teacher checkpoints.
+
+    Attributes:
+        name: registry key.
+        mode: ``"bidirectional"`` or ``"clean_first"``.
+        mask_token_id: the teacher's own mask id (None: must be given at load).
+        pad_token_id: padding id in the teacher's tokenization.
+        eos_token_id: end-of-sequence id.
+        shared_vocab_size: leading ids shared with the student (shared pipeline), or None.
+        mask_format: ``"additive"`` or ``"bool"`` (see module docstring).
+        trust_remote_code: whether its checkpoint needs remote code.
+    """
+
+    name: str
+    mode: str
+    mask_token_id: int | None
+    pad_token_id: int | None
+    eos_token_id: int | None
+    shared_vocab_size: int | None
+    mask_format: str
+    trust_remote_code: bool
+
+
+TEACHER_KINDS: dict[str, TeacherKind] = {
+    "llada2": TeacherKind(
+        "llada2", "bidirectional", 156895, 156892, 156892, None, "additive", True
+    ),
+    "wedlm": TeacherKind("wedlm", "clean_first", 151665, 151643, 151645, 151646, "additive", True),
+    "generic": TeacherKind("generic", "bidirectional", None, None, None, None, "additive", False),
+    "tiny_moe": TeacherKind("tiny_moe", "bidirectional", None, None, None, None, "bool", False),
+}
+MODES = ("bidirectional", "clean_first")
+MASK_FORMATS = ("additive", "bool")
+
+
+def teacher_kind(name: str, **overrides) -> TeacherKind:
+    """Registry entry ``name`` with some fields replaced (e.g. ``mask_token_id=...``).
+
+    Raises:
+        ValueError: unknown kind, mode or mask format (the value is named).
+    """
+    if name not in TEACHER_KINDS:
+        raise ValueError(f"unknown teacher kind {name!r}; known: {sorted(TEACHER_KINDS)}")
+    kind = dataclasses.replace(
+        TEACHER_KINDS[name], **{k: v for k, v in overrides.items() if v is not None}
+    )
+    if kind.mode not in MODES:
+        raise ValueError(f"teacher mode {kind.mode!r} is not one of {MODES}")
+    if kind.mask_format not in MASK_FORMATS:
+        raise ValueError(f"teacher mask_format {kind.mask_format!r} is not one of {MASK_FORMATS}")
+    return kind
+
+
+def _rows(weight: Tensor) -> int:
+    """Rows of a weight, also when ZeRO-3 holds only a shard locally (``ds_shape``)."""
+    return getattr(weight, "ds_shape", weight.shape)[0]
+
+
+class TeacherAdapter(nn.Module):
+    """One call for every teacher: logits at the selected positions.
+
+    Args:
+        model: HF model with ``get_decoder()`` and ``get_output_embeddings()``.
+        kind: its registry entry (ids resolved).
+        block_size: ``Bk`` of the clean-first layout (unused in bidirectional mode).
+        frozen: freeze now (no grad, eval mode). ``False`` only to train a test teacher.
+    """
+
+    def __init__(
+        self, model: nn.Module, kind: TeacherKind, block_size: int = 32, frozen: bool = True
+    ):
+        super().__init__()
+        rows = _rows(model.get_input_embeddings().weight)
+        if kind.mask_token_id is None or not 0 <= kind.mask_token_id < rows:
+            raise ValueError(
+                f"teacher {kind.name!r} mask id {kind.mask_token_id} is outside its {rows} embedding rows"
+            )
+        self.model = model
+        self.kind = kind
+        self.block_size = block_size
+        if frozen:
+            self.freeze()
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.kind.mask_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return _rows(self.model.get_output_embeddings().weight)
+
+    def freeze(self) -> TeacherAdapter:
+        """No parameter requires grad; eval mode."""
+        self.requires_grad_(False)
+        return self.eval()
+
+    def train(self, mode: bool = True) -> TeacherAdapter:
+        """Keep a frozen teacher in eval mode whatever a caller asks."""
+        frozen = not any(p.requires_grad for p in self.parameters())
+        return super().train(mode and not frozen)
+
+    def _mask(self, allowed: Tensor):
+        if self.kind.mask_format == "bool":
+            return allowed
+        return masks.to_additive(allowed, self.model.get_input_embeddings().weight.dtype)
+
+    def _layout(self, input_ids, logits_at, attention_mask, clean_ids):
+        batch, length = input_ids.shape
+        valid = (
+            torch.ones_like(input_ids, dtype=torch.bool)
+            if attention_mask is None
+            else attention_mask.bool()
+        )
+        if self.kind.mode == "bidirectional":
+            pos = torch.arange(length, device=input_ids.device)[None].expand(batch, -1)
+            return input_ids, pos, self._mask(masks.bidirectional_batch_mask(valid)), logits_at
+        if clean_ids is None:
+            raise ValueError(f"teacher {self.kind.name!r} (clean_first mode) needs clean_ids")
+        ids = torch.cat([clean_ids, input_ids], dim=1)
+        pos = torch.arange(length, device=input_ids.device).repeat(2)[None].expand(batch, -1)
+        allowed = masks.bd3lm_batch_mask(valid, length, self.block_size, clean_first=True)
+        select = torch.cat([torch.zeros_like(logits_at), logits_at], dim=1)
+        return ids, pos, self._mask(allowed), select
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        logits_at: Tensor,
+        attention_mask: Tensor | None = None,
+        clean_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Logits at ``logits_at`` (with autograd if enabled; see :meth:`logits`).
+
+        Args:
+            input_ids: Long[B, Lt] teacher ids (the noisy ``xt`` in clean-first mode).
+            logits_at: Bool[B, Lt] positions wanted.
+            attention_mask: Bool[B, Lt] real tokens, or None.
+            clean_ids: Long[B, Lt] the clean ``x0`` (clean-first mode only).
+
+        Returns:
+            Float[N, V] in the model dtype, rows in ``input_ids[logits_at]`` order.
+        """
+        ids, pos, mask, select = self._layout(
+            input_ids, logits_at.bool(), attention_mask, clean_ids
+        )
+        out = self.model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos)
+        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        return self.model.get_output_embeddings()(hidden[select])
+
+    def logits(
+        self,
+        input_ids: Tensor,
+        logits_at: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        clean_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Frozen-teacher call: :meth:`forward` under ``no_grad`` in eval mode.
+
+        Always call it, even when ``logits_at`` selects nothing: the full forward still
+        runs (sharded teachers need every rank in every forward) and ``[0, V]`` comes back.
+        """
+        self.eval()
+        with torch.no_grad():
+            return self(input_ids, logits_at, attention_mask=attention_mask, clean_ids=clean_ids)
+
+    def forward_train(
+        self,
+        xt: Tensor,
+        x0: Tensor,
+        logits_at: Tensor,
+        block_size: int | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Training forward with the student's signature (train a masked-diffusion teacher with ``ce``).
+
+        Bidirectional mode ignores ``x0`` and ``block_size``: the model sees ``xt`` only.
+
+        Returns:
+            Float[N, V] logits at ``logits_at`` of ``xt``.
+        """
+        clean = x0 if self.kind.mode == "clean_first" else None
+        return self(xt, logits_at, attention_mask=attention_mask, clean_ids=clean)
+
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
+        """Write an HF directory :func:`load_teacher` reads (``tiny_moe``/``generic`` kinds)."""
+        self.model.config.mask_token_id = self.kind.mask_token_id
+        self.model.save_pretrained(str(directory))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory))
+
+
+def build_tiny_moe_teacher(
+    vocab_size: int,
+    mask_token_id: int,
+    pad_token_id: int | None = None,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    num_experts: int = 4,
+    experts_per_token: int = 2,
+    moe_intermediate_size: int = 32,
+    seed: int | None = None,
+    frozen: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> TeacherAdapter:
+    """A few-million-parameter (or smaller) real MoE teacher: transformers' Qwen3-MoE.
+
+    It is a masked-diffusion model in ``bidirectional`` mode; train it with
+    :meth:`TeacherAdapter.forward_train` (``frozen=False``) or use it random.
+
+    Returns:
+        :class:`TeacherAdapter` of kind ``tiny_moe``.
+    """
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    config = Qwen3MoeConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        moe_intermediate_size=moe_intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
+        num_experts=num_experts,
+        num_experts_per_tok=experts_per_token,
+        tie_word_embeddings=False,
+        pad_token_id=pad_token_id,
+        mask_token_id=mask_token_id,
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = Qwen3MoeForCausalLM(config).to(dtype)
+    model.set_attn_implementation("sdpa")
+    kind = teacher_kind("tiny_moe", mask_token_id=mask_token_id, pad_token_id=pad_token_id)
+    return TeacherAdapter(model, kind, frozen=frozen)
+
+
+def build_teacher(
+    kind: str, model: nn.Module | None = None, block_size: int = 32, **kwargs
+) -> TeacherAdapter:
+    """Wrap an in-memory model as a teacher of ``kind``; ``tiny_moe`` builds its own.
+
+    Args:
+        kind: a :data:`TEACHER_KINDS` key.
+        model: the HF model (not for ``tiny_moe``).
+        block_size: ``Bk`` of the clean-first layout.
+        **kwargs: ``tiny_moe``: :func:`build_tiny_moe_teacher` arguments; otherwise
+            registry overrides (``mask_token_id``, ``pad_token_id``, ...).
+    """
+    if kind == "tiny_moe":
+        return build_tiny_moe_teacher(**kwargs)
+    if model is None:
+        raise ValueError(f"teacher kind {kind!r} needs a model (or use load_teacher)")
+    return TeacherAdapter(model, teacher_kind(kind, **kwargs), block_size=block_size)
+
+
+def _check_teacher_dir(path: Path, kind: TeacherKind) -> tuple[TeacherKind, int]:
+    """Validate a teacher directory before any weight is read.
+
+    Returns:
+        The kind with its mask id resolved (from ``config.json`` when the registry has
+        none) and the model's vocabulary rows.
+    """
+    if not path.is_dir():
+        raise FileNotFoundError(f"teacher {kind.name!r} directory {str(path)!r} does not exist")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"teacher directory {str(path)!r} has no config.json")
+    config = json.loads(config_file.read_text())
+    rows = config.get("vocab_size")
+    if rows is None:
+        raise ValueError(f"teacher config {str(config_file)!r} has no vocab_size")
+    if kind.mask_token_id is None:
+        kind = dataclasses.replace(kind, mask_token_id=config.get("mask_token_id"))
+    if kind.mask_token_id is None or not 0 <= kind.mask_token_id < rows:
+        raise ValueError(
+            f"teacher {kind.name!r} mask id {kind.mask_token_id} is outside its vocabulary of {rows}"
+        )
+    return kind, rows
+
+
+def _check_tokenizer(path: Path, kind: TeacherKind, rows: int, trust_remote_code: bool) -> None:
+    """If the directory has a tokenizer, it must fit the model and agree on the mask id."""
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(
+        str(path), local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    if len(tok) > rows:
+        raise ValueError(
+            f"teacher tokenizer length {len(tok)} > model vocabulary {rows} in {str(path)!r}"
+        )
+    tok_mask = tok.mask_token_id
+    if tok_mask is not None and tok_mask != kind.mask_token_id:
+        raise ValueError(
+            f"teacher {kind.name!r} mask id {kind.mask_token_id} != tokenizer mask id {tok_mask}"
+        )
+
+
+def load_teacher(
+    kind: str,
+    path: str | Path,
+    block_size: int = 32,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool | None = None,
+    zero3_config: dict | None = None,
+    **overrides,
+) -> TeacherAdapter:
+    """Load a frozen teacher from a local directory; nothing downloads.
+
+    Args:
+        kind: a :data:`TEACHER_KINDS` key.
+        path: local HF directory.
+        block_size: ``Bk`` for the clean-first layout.
+        dtype: parameter dtype; default bf16 on CUDA, float32 on CPU.
+        trust_remote_code: default from the registry.
+        zero3_config: a DeepSpeed ZeRO-3 config; when given, weights are loaded already
+            partitioned (no rank ever materialises the whole model), see
+            :func:`tide_lightning.models.sharding.zero3_init`.
+        **overrides: registry fields (``mask_token_id``, ...).
+
+    Raises:
+        FileNotFoundError, ValueError: missing path, mask id outside the vocabulary,
+            tokenizer/model mismatch (value named), before any weight is read.
+    """
+    from transformers import AutoModelForCausalLM
+
+    spec = teacher_kind(kind, **overrides)
+    path = Path(path)
+    spec, rows = _check_teacher_dir(path, spec)
+    remote = spec.trust_remote_code if trust_remote_code is None else trust_remote_code
+    _check_tokenizer(path, spec, rows, remote)
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    load_kwargs = {"dtype": dtype, "trust_remote_code": remote, "local_files_only": True}
+    if spec.mask_format == "bool":
+        load_kwargs["attn_implementation"] = "sdpa"
+    if zero3_config is not None:
+        from tide_lightning.models.sharding import zero3_init
+
+        with zero3_init(zero3_config):
+            model = AutoModelForCausalLM.from_pretrained(str(path), **load_kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **load_kwargs)
+    return TeacherAdapter(model, spec, block_size=block_size)
