@@ -1,0 +1,18 @@
+"""Cross-tokenizer chunk alignment (SPEC section 7), in plain Python and NumPy.
+
+- `byte_tables`: token id -> exact bytes, cached per tokenizer.
+- `spans`: tokens on a common byte axis and the vectorised chunk search.
+- `texts`: `align_texts` for one text; `chat`: `align_messages` for conversations.
+- `tensors`: per-token chunk ids, the representation the losses and masking consume.
+"""
+
+from tide_lightning.alignment.byte_tables import TokenByteTable, byte_table
+from tide_lightning.alignment.texts import ChunkAlignment, align_texts, align_token_ids
+
+__all__ = [
+    "ChunkAlignment",
+    "TokenByteTable",
+    "align_texts",
+    "align_token_ids",
+    "byte_table",
+]
