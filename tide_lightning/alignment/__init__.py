@@ -7,12 +7,19 @@
 """
 
 from tide_lightning.alignment.byte_tables import TokenByteTable, byte_table
+from tide_lightning.alignment.chat import ChatAlignment, align_messages
+from tide_lightning.alignment.tensors import chunk_id_array, chunk_id_tensor, pad_chunk_ids
 from tide_lightning.alignment.texts import ChunkAlignment, align_texts, align_token_ids
 
 __all__ = [
+    "ChatAlignment",
+    "align_messages",
     "ChunkAlignment",
     "TokenByteTable",
     "align_texts",
     "align_token_ids",
+    "chunk_id_array",
+    "chunk_id_tensor",
+    "pad_chunk_ids",
     "byte_table",
 ]
