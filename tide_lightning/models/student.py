@@ -19,6 +19,7 @@ identical to Qwen3 except for the name and the stored ``mask_token_id``.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -44,6 +45,14 @@ class A2DQwen3Model(Qwen3ForCausalLM):
 
     config_class = A2DQwen3Config
 
+
+# transformers renamed ``past_key_values`` to ``cache`` in 5.x; an unknown keyword would be
+# swallowed by ``**kwargs`` silently, so pick the name this version declares.
+_CACHE_KWARG = (
+    "cache"
+    if "cache" in inspect.signature(Qwen3ForCausalLM.forward).parameters
+    else "past_key_values"
+)
 
 AutoConfig.register("a2d-qwen3", A2DQwen3Config, exist_ok=True)
 AutoModelForMaskedLM.register(A2DQwen3Config, A2DQwen3Model, exist_ok=True)
@@ -96,8 +105,8 @@ class BD3LMStudent(nn.Module):
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=position_ids,
-            cache=cache,
             use_cache=cache is not None,
+            **{_CACHE_KWARG: cache},
         )
         return out.last_hidden_state
 
@@ -241,12 +250,15 @@ class BD3LMStudent(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute each decoder layer in backward (trades compute for activation memory)."""
-        self.model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:  # older transformers
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
-        self.model.gradient_checkpointing_disable()
+        disable = getattr(self.model, "activation_checkpointing_disable", None)
+        (disable or self.model.gradient_checkpointing_disable)()
 
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
         """Write an HF directory (``model_type: a2d-qwen3``) that :func:`load_student` reads."""

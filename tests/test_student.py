@@ -1,0 +1,207 @@
+"""BD3LM student: the SPEC section 3 facts, cached decoding, selection, loading."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from tide_lightning.models import BD3LMStudent, build_student, load_student
+from tide_lightning.models.masks import position_ids_from_mask
+
+VOCAB = 64
+MASK = 62
+PAD = 60
+
+
+def tiny_student(**kw) -> BD3LMStudent:
+    args = dict(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2)
+    args.update(kw)
+    return build_student(mask_token_id=MASK, seed=0, **args).eval()
+
+
+def tiny_tokenizer(with_mask: bool = True, words: int = 60) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer: ``w0..w{words-1}``, ``<pad>``, ``<unk>``, then ``<|mask|>``."""
+    vocab = {f"w{i}": i for i in range(words)}
+    vocab["<pad>"], vocab["<unk>"] = words, words + 1
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>")
+    if with_mask:
+        tok.add_special_tokens({"additional_special_tokens": ["<|mask|>"]})
+    return tok
+
+
+def ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 60, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def all_positions(x: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(x, dtype=torch.bool)
+
+
+@torch.no_grad()
+def test_clean_input_with_one_block_equals_bidirectional_forward():
+    student = tiny_student()
+    x0 = ids(2, 8)
+    got = student.forward_train(x0, x0, all_positions(x0), block_size=8).view(2, 8, VOCAB)
+    reference = copy.deepcopy(student.model)
+    reference.config.is_causal = False  # transformers' own bidirectional path
+    want = reference(input_ids=x0).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_selected_rows_equal_rows_of_full_logits():
+    student = tiny_student()
+    x0 = ids(3, 12)
+    xt = torch.where(torch.rand(3, 12, generator=torch.Generator().manual_seed(1)) < 0.5, MASK, x0)
+    full = student.forward_train(xt, x0, all_positions(xt), block_size=4).view(3, 12, VOCAB)
+    selected = xt == MASK
+    got = student.forward_train(xt, x0, selected, block_size=4)
+    assert got.shape == (int(selected.sum()), VOCAB)
+    torch.testing.assert_close(got, full[selected], atol=1e-5, rtol=1e-5)
+    empty = student.forward_train(xt, x0, torch.zeros_like(selected), block_size=4)
+    assert empty.shape == (0, VOCAB)
+
+
+@torch.no_grad()
+def test_noisy_block_depends_only_on_past_clean_blocks():
+    student = tiny_student()
+    x0 = ids(1, 12)
+    xt = torch.full_like(x0, MASK)
+    base = student.forward_train(xt, x0, all_positions(xt), 4).view(12, VOCAB)
+    x0_future = x0.clone()
+    x0_future[:, 8:] = (x0[:, 8:] + 1) % 60  # changes only clean block 2
+    moved = student.forward_train(xt, x0_future, all_positions(xt), 4).view(12, VOCAB)
+    # No noisy block sees it: blocks 0 and 1 are earlier, block 2 never sees its own clean copy.
+    torch.testing.assert_close(moved, base)
+    # ...but it does see the clean past: change block 0's clean tokens.
+    x0_past = x0.clone()
+    x0_past[:, :4] = (x0[:, :4] + 1) % 60
+    past = student.forward_train(xt, x0_past, all_positions(xt), 4).view(12, VOCAB)
+    torch.testing.assert_close(past[:4], base[:4])
+    assert not torch.allclose(past[4:], base[4:])
+
+
+@torch.no_grad()
+def test_block_by_block_with_cache_equals_full_forward():
+    student = tiny_student()
+    batch, length, bk = 2, 12, 4
+    x0 = ids(batch, length)
+    noise = torch.rand(batch, length, generator=torch.Generator().manual_seed(2))
+    xt = torch.where(noise < 0.6, MASK, x0)
+    full = student.forward_train(xt, x0, all_positions(xt), bk).view(batch, length, VOCAB)
+    pos = torch.arange(length)[None].expand(batch, -1)
+    cache = student.prefill(x0[:, :0], pos[:, :0], all_positions(x0[:, :0]), bk)
+    for start in range(0, length, bk):
+        block = slice(start, start + bk)
+        before = cache.keys
+        logits = student.forward_block(cache, xt[:, block], pos[:, block])
+        assert cache.keys is before and cache.length == start  # not mutated
+        torch.testing.assert_close(logits, full[:, block], atol=1e-5, rtol=1e-5)
+        cache = student.extend_cache(cache, x0[:, block], pos[:, block])
+    assert cache.length == length and len(cache.keys) == student.num_layers
+    # A prefix prefilled in one call gives the same cache as block-by-block commits.
+    prefilled = student.prefill(x0[:, :8], pos[:, :8], all_positions(x0[:, :8]), bk)
+    logits = student.forward_block(prefilled, xt[:, 8:], pos[:, 8:])
+    torch.testing.assert_close(logits, full[:, 8:], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_left_padded_prompt_matches_unpadded():
+    student = tiny_student()
+    bk = 4
+    prompt = ids(1, 2, seed=3)
+    padded = torch.cat([torch.full((1, 2), PAD), prompt], dim=1)
+    valid = torch.tensor([[False, False, True, True]])
+    pos = position_ids_from_mask(valid)
+    assert pos.tolist() == [[0, 0, 0, 1]]
+    block = torch.full((1, bk), MASK)
+    block_pos = torch.arange(2, 2 + bk)[None]
+    cache = student.prefill(padded, pos, valid, bk)
+    got = student.forward_block(cache, block, block_pos)
+    # Reference: the same two real tokens with no padding at all.
+    ref_cache = student.prefill(prompt, torch.arange(2)[None], all_positions(prompt), 2)
+    want = student.forward_block(ref_cache, block, block_pos)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # Pad ids are never read.
+    other = student.prefill(padded.masked_fill(~valid, 7), pos, valid, bk)
+    torch.testing.assert_close(student.forward_block(other, block, block_pos), got)
+    assert torch.isfinite(got).all()
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    x0 = ids(2, 8)
+    xt = torch.where(torch.rand(2, 8, generator=torch.Generator().manual_seed(4)) < 0.5, MASK, x0)
+    grads = []
+    for checkpointing in (False, True):
+        student = tiny_student().train()
+        if checkpointing:
+            student.gradient_checkpointing_enable()
+        student.forward_train(xt, x0, xt == MASK, 4).logsumexp(-1).sum().backward()
+        grads.append(student.model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-5)
+
+
+def test_rejects_mask_outside_embedding_and_eager_attention():
+    with pytest.raises(ValueError, match="mask_token_id 64"):
+        build_student(VOCAB, 32, 1, 4, mask_token_id=64)
+    config = Qwen3Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=8,
+    )
+    model = Qwen3ForCausalLM(config)
+    model.set_attn_implementation("eager")
+    with pytest.raises(ValueError, match="eager"):
+        BD3LMStudent(model, MASK)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    student = tiny_student()
+    tok = tiny_tokenizer()
+    assert tok.convert_tokens_to_ids("<|mask|>") == MASK
+    student.save_pretrained(tmp_path, tokenizer=tok)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "a2d-qwen3"
+    loaded, loaded_tok = load_student(tmp_path, attention="sdpa")
+    assert loaded.mask_token_id == MASK and len(loaded_tok) == len(tok)
+    x0 = ids(2, 8)
+    xt = x0.masked_fill(torch.arange(8) % 3 == 0, MASK)
+    with torch.no_grad():
+        want = student.forward_train(xt, x0, xt == MASK, 4)
+        got = loaded.eval().forward_train(xt, x0, xt == MASK, 4)
+    torch.testing.assert_close(got, want)
+
+
+def test_loads_plain_qwen3_model_type(tmp_path):
+    tiny_student().save_pretrained(tmp_path, tokenizer=tiny_tokenizer())
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model_type"] = "qwen3"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded, _ = load_student(tmp_path, attention="sdpa")
+    assert loaded.mask_token_id == MASK
+
+
+def test_load_failures_name_the_value(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_student(tmp_path / "missing")
+    no_mask = tmp_path / "no_mask"
+    tiny_student().save_pretrained(no_mask, tokenizer=tiny_tokenizer(with_mask=False))
+    with pytest.raises(ValueError, match="<\\|mask\\|>"):
+        load_student(no_mask)
+    too_small = tmp_path / "too_small"
+    # 70 words + pad + unk + mask = 73 tokens > 64 embedding rows; mask id 72.
+    tiny_student().save_pretrained(too_small, tokenizer=tiny_tokenizer(words=70))
+    with pytest.raises(ValueError, match="72"):
+        load_student(too_small)
+    wrong_type = tmp_path / "wrong_type"
+    tiny_student().save_pretrained(wrong_type, tokenizer=tiny_tokenizer())
+    config = json.loads((wrong_type / "config.json").read_text())
+    config["model_type"] = "llama"
+    (wrong_type / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="'llama'"):
+        load_student(wrong_type)
