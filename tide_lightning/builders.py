@@ -1,0 +1,346 @@
+"""The one boundary where a :class:`~tide_lightning.config.RunConfig` becomes objects.
+
+Everything downstream (models, data, module, trainer) receives typed arguments; no
+class below this file reads a config. The teacher is built lazily by a picklable
+:class:`TeacherFactory` inside the LightningModule's ``setup`` hook, because sharding
+it needs the process group that Lightning only creates when ``fit`` starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from tide_lightning.config import RunConfig, SourceConfig, TokenizerConfig
+from tide_lightning.data import DistillDataModule, SourceSpec, open_source
+from tide_lightning.data.sources import SkipLog
+from tide_lightning.models import build_student, load_student
+from tide_lightning.models.sharding import default_backend, shard_teacher, zero3_config
+from tide_lightning.models.teachers import build_tiny_moe_teacher, load_teacher
+from tide_lightning.module import DistillationModule, OptimSettings
+from tide_lightning.objective import ObjectiveSettings
+from tide_lightning.tokenization import (
+    load_qwen3_tokenizer,
+    train_byte_level_bpe,
+    train_unigram_metaspace,
+)
+
+
+def source_specs(sources: list[SourceConfig]) -> list[SourceSpec]:
+    return [SourceSpec(s.kind, s.path, s.weight, s.field, s.split) for s in sources]
+
+
+def _training_texts(specs: list[SourceSpec], limit: int):
+    skips = SkipLog(max_warnings=0)
+    count = 0
+    for spec in specs:
+        source = open_source(spec)
+        for i in range(len(source)):
+            record = source.read(i, skips)
+            if record is None:
+                continue
+            if record.text is not None:
+                yield record.text
+            else:
+                yield from (m["content"] for m in record.messages)
+            count += 1
+            if count >= limit:
+                return
+
+
+def build_tokenizer(config: TokenizerConfig, sources: list[SourceSpec], cache_dir: Path):
+    """A tokenizer from a directory, the packaged Qwen3 one, or trained on ``sources``.
+
+    Trained tokenizers are saved to ``cache_dir`` and reused, so every rank, every
+    resume and the exported model see the same vocabulary.
+    """
+    from transformers import AutoTokenizer
+
+    if config.source == "qwen3":
+        return load_qwen3_tokenizer()
+    if config.source not in ("bpe", "unigram"):
+        if not Path(config.source).is_dir():
+            raise FileNotFoundError(f"tokenizer directory {config.source!r} does not exist")
+        return AutoTokenizer.from_pretrained(config.source, local_files_only=True)
+    if (cache_dir / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(cache_dir), local_files_only=True)
+    texts = list(_training_texts(sources, config.train_docs))
+    train = train_byte_level_bpe if config.source == "bpe" else train_unigram_metaspace
+    tokenizer = train(texts, config.vocab_size)
+    # Several ranks may train the same tokenizer at once: publish it atomically.
+    staging = cache_dir.with_name(f"{cache_dir.name}.tmp{os.getpid()}")
+    tokenizer.save_pretrained(str(staging))
+    try:
+        staging.replace(cache_dir)
+    except OSError:  # another rank published first
+        shutil.rmtree(staging, ignore_errors=True)
+    return tokenizer
+
+
+def _rows(tokenizer) -> int:
+    return -(-len(tokenizer) // 64) * 64
+
+
+@dataclass(frozen=True)
+class TeacherFactory:
+    """Builds the frozen (and, with several processes, ZeRO-3 sharded) teacher."""
+
+    kind: str
+    path: str | None
+    sharding: str
+    block_size: int
+    vocab_size: int
+    mask_token_id: int | None
+    pad_token_id: int | None
+    trust_remote_code: bool | None
+    hidden_size: int
+    num_layers: int
+    seed: int
+
+    def __call__(self):
+        backend = default_backend() if self.sharding == "auto" else self.sharding
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        if self.path is None:
+            if self.kind != "tiny_moe":
+                raise ValueError(f"teacher kind {self.kind!r} needs teacher.path")
+            adapter = build_tiny_moe_teacher(
+                self.vocab_size,
+                self.mask_token_id,
+                self.pad_token_id,
+                hidden_size=self.hidden_size,
+                num_layers=self.num_layers,
+                seed=self.seed,
+            )
+        else:
+            adapter = load_teacher(
+                self.kind,
+                self.path,
+                block_size=self.block_size,
+                dtype=dtype,
+                trust_remote_code=self.trust_remote_code,
+                zero3_config=zero3_config(dtype) if backend == "deepspeed" else None,
+                mask_token_id=self.mask_token_id,
+            )
+        return shard_teacher(adapter, backend=backend)
+
+
+@dataclass
+class Run:
+    """Everything ``fit`` and ``validate`` need, built from one config."""
+
+    config: RunConfig
+    module: DistillationModule
+    datamodule: DistillDataModule
+    trainer: L.Trainer
+    student_tokenizer: object
+    teacher_tokenizer: object | None
+
+
+def _objective(config: RunConfig, student_mask: int, teacher_mask: int | None) -> ObjectiveSettings:
+    o = config.objective
+    variant_compdemo = {"tide_shared", "tide_shared_chunk"}
+    temperature = o.temperature or (5.0 if config.pipeline == "cross" else 2.0)
+    return ObjectiveSettings(
+        variant=o.variant,
+        pipeline=config.pipeline,
+        block_size=o.block_size,
+        student_mask_id=student_mask,
+        teacher_mask_id=teacher_mask,
+        temperature=temperature,
+        distill_weight=o.distill_weight,
+        compdemo=o.variant in variant_compdemo if o.compdemo is None else o.compdemo,
+        compdemo_ratio=o.compdemo_ratio,
+        lambda_init=o.lambda_init,
+        lambda_max=o.lambda_max,
+        lambda_shape=o.lambda_shape,
+        tidal_axis=o.tidal_axis,
+        time_weight=o.time_weight,
+        time_eps=o.time_eps,
+        per_block_time=o.per_block_time,
+        shared_vocab_size=o.shared_vocab_size,
+    )
+
+
+def _student(config: RunConfig, tokenizer):
+    s = config.student
+    if s.path is not None:
+        student, _ = load_student(s.path, attention=s.attention)
+    elif s.arch == "tiny_moe":
+        student = build_tiny_moe_teacher(
+            _rows(tokenizer),
+            tokenizer.mask_token_id,
+            tokenizer.pad_token_id,
+            hidden_size=s.hidden_size,
+            num_layers=s.num_layers,
+            num_heads=s.num_heads,
+            num_kv_heads=s.num_kv_heads,
+            num_experts=s.num_experts,
+            seed=config.seed,
+            frozen=False,
+        )
+    else:
+        student = build_student(
+            _rows(tokenizer),
+            s.hidden_size,
+            s.num_layers,
+            s.num_heads,
+            tokenizer.mask_token_id,
+            num_kv_heads=s.num_kv_heads,
+            intermediate_size=s.intermediate_size,
+            attention=s.attention,
+            seed=config.seed,
+        )
+    if s.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+    return student
+
+
+def teacher_tokenizer_of(config: RunConfig, specs: list[SourceSpec], run_dir: Path):
+    teacher = config.teacher
+    if config.pipeline != "cross" or teacher is None:
+        return None
+    if teacher.tokenizer is not None:
+        return build_tokenizer(teacher.tokenizer, specs, run_dir / "teacher_tokenizer")
+    if teacher.path is None:
+        raise ValueError("the cross pipeline needs teacher.tokenizer or teacher.path")
+    return build_tokenizer(TokenizerConfig(source=teacher.path), specs, run_dir)
+
+
+def build_run(config: RunConfig) -> Run:
+    """Tokenizers, student, teacher factory, data, module and trainer from ``config``."""
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    specs = source_specs(config.data.sources)
+    if not specs:
+        raise ValueError("data.sources is empty: give at least one training source")
+    student_tok = build_tokenizer(config.student.tokenizer, specs, run_dir / "student_tokenizer")
+    if config.student.path is not None:
+        student_tok = load_student_tokenizer(config.student.path)
+    teacher_tok = teacher_tokenizer_of(config, specs, run_dir)
+    student = _student(config, student_tok)
+
+    factory, teacher_mask = None, None
+    variant_needs_teacher = config.objective.variant != "ce"
+    if variant_needs_teacher:
+        t = config.teacher
+        vocab_tok = teacher_tok if teacher_tok is not None else student_tok
+        teacher_mask = t.mask_token_id
+        if teacher_mask is None and t.path is None:
+            teacher_mask = vocab_tok.mask_token_id
+        if teacher_mask is None and t.path is not None:
+            teacher_mask = _teacher_mask_from_kind(t.kind, t.path)
+        factory = TeacherFactory(
+            t.kind, t.path, t.sharding, config.objective.block_size, _rows(vocab_tok),
+            teacher_mask, vocab_tok.pad_token_id, t.trust_remote_code, t.hidden_size,
+            t.num_layers, config.seed + 1,
+        )  # fmt: skip
+
+    tr = config.trainer
+    o = config.optim
+    optim = OptimSettings(
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        betas=tuple(o.betas),
+        warmup_ratio=o.warmup_ratio,
+        min_lr_ratio=o.min_lr_ratio,
+        total_steps=tr.max_steps,
+        max_bad_steps=o.max_bad_steps,
+    )
+    mask_id = student_tok.mask_token_id
+    module = DistillationModule(
+        student,
+        None,
+        _objective(config, mask_id, teacher_mask),
+        optim,
+        seed=config.seed,
+        teacher_factory=factory,
+    )
+    d = config.data
+    datamodule = DistillDataModule(
+        specs,
+        student_tok,
+        val_sources=source_specs(d.val_sources),
+        teacher_tokenizer=teacher_tok,
+        pipeline=config.pipeline,
+        max_length=d.max_length,
+        teacher_max_length=d.teacher_max_length,
+        block_size=config.objective.block_size,
+        batch_size=d.batch_size,
+        num_workers=d.num_workers,
+        seed=config.seed,
+        pack_text=d.pack_text,
+        val_batches=d.val_batches,
+    )
+    return Run(config, module, datamodule, build_trainer(config), student_tok, teacher_tok)
+
+
+def load_student_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def _teacher_mask_from_kind(kind: str, path: str) -> int | None:
+    from tide_lightning.models.teachers import teacher_kind
+
+    return teacher_kind(kind).mask_token_id
+
+
+def build_trainer(config: RunConfig, callbacks: list | None = None) -> L.Trainer:
+    """A Trainer with TensorBoard logging and step checkpoints in ``run_dir``."""
+    tr = config.trainer
+    cuda = torch.cuda.is_available() and tr.accelerator in ("auto", "gpu", "cuda")
+    precision = tr.precision or ("bf16-mixed" if cuda else "32-true")
+    strategy = tr.strategy
+    if strategy == "auto" and tr.devices * tr.num_nodes > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=False)
+    checkpoints = ModelCheckpoint(
+        dirpath=str(Path(config.run_dir) / "checkpoints"),
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=tr.checkpoint_every_n_steps,
+        save_top_k=-1,
+        save_last=True,
+    )
+    return L.Trainer(
+        accelerator=tr.accelerator,
+        devices=tr.devices,
+        num_nodes=tr.num_nodes,
+        strategy=strategy,
+        precision=precision,
+        max_steps=tr.max_steps,
+        gradient_clip_val=tr.gradient_clip_val,
+        accumulate_grad_batches=tr.accumulate_grad_batches,
+        val_check_interval=tr.val_check_interval,
+        check_val_every_n_epoch=None,
+        limit_val_batches=tr.limit_val_batches,
+        log_every_n_steps=tr.log_every_n_steps,
+        enable_progress_bar=tr.enable_progress_bar,
+        logger=TensorBoardLogger(config.run_dir, name="tensorboard", version=""),
+        callbacks=[checkpoints, LearningRateMonitor("step"), *(callbacks or [])],
+        default_root_dir=config.run_dir,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
+
+
+def resume_path(config: RunConfig) -> str | None:
+    """The checkpoint ``fit`` resumes from: ``resume`` = auto, never, or a path."""
+    if config.resume == "never":
+        return None
+    if config.resume != "auto":
+        if not Path(config.resume).is_file():
+            raise FileNotFoundError(f"resume checkpoint {config.resume!r} does not exist")
+        return config.resume
+    last = Path(config.run_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
