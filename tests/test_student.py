@@ -152,8 +152,13 @@ def test_rejects_mask_outside_embedding_and_eager_attention():
     with pytest.raises(ValueError, match="mask_token_id 64"):
         build_student(VOCAB, 32, 1, 4, mask_token_id=64)
     config = Qwen3Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=4, head_dim=8,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=8,
     )
     model = Qwen3ForCausalLM(config)
     model.set_attn_implementation("eager")
