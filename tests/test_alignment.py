@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from alignment_checks import check_invariants, chunk_tokens
+from test_alignment_invariants import check_invariants, chunk_tokens
 
 from tide_lightning.alignment import align_texts, byte_table
 from tide_lightning.alignment.spans import TokenSpans, find_chunks

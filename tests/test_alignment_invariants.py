@@ -65,3 +65,26 @@ def check_invariants(al: ChunkAlignment, s_tok, t_tok, text: str) -> None:
         assert not byte_table(t_tok).special[al.teacher_ids[c:d]].any()
     assert al.student_left_out == len(al.student_ids) - inside_s
     assert al.teacher_left_out == len(al.teacher_ids) - inside_t
+
+
+def test_checker_rejects_misaligned_and_splittable_chunks(qwen3, mistral_v1):
+    import dataclasses
+
+    import pytest
+
+    from tide_lightning.alignment import align_texts
+
+    text = "Pay 12345 now"
+    good = align_texts(qwen3, mistral_v1, text)
+    check_invariants(good, qwen3, mistral_v1, text)
+    shifted = [(a, b, c + 1, d + 1) for a, b, c, d in good.chunks[:-1]]
+    with pytest.raises(AssertionError):
+        check_invariants(dataclasses.replace(good, chunks=shifted), qwen3, mistral_v1, text)
+    merged = [(good.chunks[0][0], good.chunks[1][1], good.chunks[0][2], good.chunks[1][3])]
+    with pytest.raises(AssertionError):
+        check_invariants(
+            dataclasses.replace(good, chunks=merged, student_left_out=0, teacher_left_out=0),
+            qwen3,
+            mistral_v1,
+            text,
+        )
