@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_data_fixtures import tiny_tokenizer
 
+from tide_lightning.alignment.chat import render_chat
 from tide_lightning.data.collate import collate
 from tide_lightning.data.examples import (
     Example,
@@ -15,8 +16,7 @@ from tide_lightning.data.examples import (
     chat_example,
     cross_example,
     fill_to_block,
-    render_chat,
-    response_char_spans,
+    response_token_mask,
     text_example,
 )
 
@@ -36,17 +36,14 @@ def test_fill_to_block_hand_values():
     assert fill_to_block([9], [False], EOS, 3) == ([9, EOS, EOS], [False, True, True])
 
 
-def test_response_spans_cover_answers_and_turn_end():
+def test_answer_labels_ignore_prompt_text_equal_to_an_answer(tok):
     msgs = [
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "yo "},
-        {"role": "user", "content": "yo"},  # same text in a prompt: must not match
-        {"role": "assistant", "content": "<think>x</think>bye"},
+        {"role": "user", "content": "a dog"},
+        {"role": "assistant", "content": "a dog"},
     ]
-    text = "<u>hi</e><a>yo </e><u>yo</e><a>bye</e>"
-    spans = response_char_spans(text, msgs, "</e>")
-    assert [text[a:b] for a, b in spans] == ["yo </e>", "bye</e>"]
-    assert [text[a:b] for a, b in response_char_spans(text, msgs, None)] == ["yo", "bye"]
+    ids, answer = response_token_mask(tok, msgs)
+    assert tok.decode([i for i, a in zip(ids, answer, strict=True) if a]) == "a dog<|im_end|>"
+    assert "a dog" in tok.decode([i for i, a in zip(ids, answer, strict=True) if not a])
 
 
 def test_chat_prompt_never_maskable_answer_and_fill_are(tok):
@@ -145,3 +142,35 @@ def test_collate_cross_fields():
     assert batch["teacher_chunk_ids"].tolist() == [[0, -1, -1], [0, 1, 1]]
     assert batch["student_chunk_ids"].dtype == torch.long
     assert batch["teacher_maskable"][0].tolist() == [True, False, False]
+
+
+def test_cross_builder_on_chat_labels_both_sides(small_bpe, small_unigram):
+    b = ExampleBuilder(small_bpe, 64, 8, small_bpe.eos_token_id, "cross", small_unigram, 80)
+    msgs = (
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "The answer is 4."},
+    )
+    ex = b.example(SimpleNamespace(text=None, messages=msgs))
+    n = len(ex.input_ids)
+    assert n % 8 == 0 and len(ex.student_chunk_ids) == n
+    s_sup = [
+        i
+        for i, m, c in zip(ex.input_ids, ex.maskable, ex.student_chunk_ids, strict=True)
+        if m and c >= 0
+    ]
+    t_sup = [
+        i
+        for i, m, c in zip(
+            ex.teacher_input_ids, ex.teacher_maskable, ex.teacher_chunk_ids, strict=True
+        )
+        if m and c >= 0
+    ]
+    assert small_bpe.decode(s_sup) == "The answer is 4."
+    assert small_unigram.decode(t_sup) == "The answer is 4."
+    # prompt chunks exist (user content) but are not maskable on either side
+    prompt_chunks = {
+        c for c, m in zip(ex.student_chunk_ids, ex.maskable, strict=True) if c >= 0 and not m
+    }
+    assert prompt_chunks and prompt_chunks.isdisjoint(
+        {c for c, m in zip(ex.teacher_chunk_ids, ex.teacher_maskable, strict=True) if m}
+    )

@@ -211,3 +211,27 @@ def test_datamodule_dataloader_uses_worker_batches(tok, corpus):
     assert isinstance(loader, DataLoader) and loader.batch_size is None
     with pytest.raises(TypeError):
         len(loader)  # endless: Lightning must not size epochs from it
+
+
+def test_cross_pipeline_stream_resumes_exactly(small_bpe, small_unigram, corpus):
+    def dm():
+        return DistillDataModule(
+            [SourceSpec("jsonl", str(corpus / "chat.jsonl")), SourceSpec("jsonl", str(corpus / "text.jsonl"))],
+            small_bpe, teacher_tokenizer=small_unigram, pipeline="cross", max_length=64,
+            teacher_max_length=80, block_size=8, batch_size=2, num_workers=2, seed=1,
+        )  # fmt: skip
+
+    full = [_run(dm(), r, 2, 6)[0] for r in (0, 1)]
+    first = [_run(dm(), r, 2, 3) for r in (0, 1)]
+    resumed = [_run(dm(), r, 2, 3, _merge([s for _, s in first]))[0] for r in (0, 1)]
+    assert resumed == [f[3:] for f in full]
+    d = dm()
+    d.setup("fit")
+    batch = next(iter(d.train_dataloader()))
+    d.record_batch(batch)
+    assert set(batch) == {
+        "input_ids", "maskable", "attention_mask", "teacher_input_ids", "teacher_attention_mask",
+        "teacher_maskable", "student_chunk_ids", "teacher_chunk_ids",
+    }  # fmt: skip
+    assert batch["student_chunk_ids"].shape == batch["input_ids"].shape
+    assert (batch["teacher_input_ids"][~batch["teacher_attention_mask"]] == d.teacher_pad_id).all()

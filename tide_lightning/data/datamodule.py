@@ -51,7 +51,6 @@ class DistillDataModule(L.LightningDataModule):
         eos_id: student EOS id; None takes the tokenizer's.
         pad_id: student pad id; None takes the tokenizer's, else EOS.
         teacher_pad_id: teacher pad id; None takes the teacher tokenizer's, else its EOS.
-        turn_end: end-of-turn marker supervised with each answer; None uses EOS text.
     """
 
     def __init__(
@@ -74,7 +73,6 @@ class DistillDataModule(L.LightningDataModule):
         eos_id: int | None = None,
         pad_id: int | None = None,
         teacher_pad_id: int | None = None,
-        turn_end: str | None = None,
     ) -> None:
         super().__init__()
         if not sources:
@@ -84,7 +82,7 @@ class DistillDataModule(L.LightningDataModule):
             raise ValueError("the student tokenizer has no EOS token; pass eos_id")
         self.builder = ExampleBuilder(
             student_tokenizer, max_length, block_size, eos_id, pipeline,
-            teacher_tokenizer, teacher_max_length, pack_text, turn_end,
+            teacher_tokenizer, teacher_max_length, pack_text,
         )  # fmt: skip
         self.sources, self.val_sources = list(sources), list(val_sources)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed

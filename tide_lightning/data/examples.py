@@ -58,49 +58,32 @@ def fill_to_block(
     return ids + [eos_id] * n_fill, maskable + [True] * n_fill
 
 
-def render_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
-    """Render chat messages with the tokenizer's template, thinking disabled (Qwen3)."""
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("chat records need a tokenizer with a chat template")
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, enable_thinking=False)
+def response_token_mask(
+    tokenizer: Any, messages: Sequence[dict[str, str]]
+) -> tuple[list[int], list[bool]]:
+    """Tokenize a chat with the tokenizer's template (thinking disabled) and label answers.
 
-
-def response_char_spans(
-    text: str, messages: Sequence[dict[str, str]], turn_end: str | None
-) -> list[tuple[int, int]]:
-    """Character spans of the assistant answers inside a rendered chat.
-
-    Each assistant content (the part after ``</think>`` when it carries one) is
-    searched left to right; the span is extended over the end-of-turn marker that
-    directly follows it (after optional whitespace) so the model learns to stop.
-    Answers the template rewrote beyond recognition are left unsupervised.
-
-    Args:
-        text: the rendered chat.
-        messages: the messages it was rendered from.
-        turn_end: end-of-turn marker to include (e.g. "<|im_end|>"), or None.
+    Uses the same content location as the cross pipeline
+    (``tide_lightning.alignment.chat.content_regions``): a token is an answer token when
+    it starts inside an assistant content or in the end-of-turn text after it, up to
+    and including the EOS text, so the model learns to stop; all else is prompt.
 
     Returns:
-        Sorted, disjoint [start, end) character spans.
+        (ids, is_answer), one flag per token.
     """
-    spans, cursor = [], 0
-    for m in messages:
-        if m["role"] != "assistant":
-            continue
-        content = m["content"].split("</think>")[-1].strip()
-        if not content:
-            continue
-        start = text.find(content, cursor)
-        if start < 0:
-            continue
-        end = start + len(content)
-        if turn_end:
-            rest = len(text[end:]) - len(text[end:].lstrip())
-            if text.startswith(turn_end, end + rest):
-                end += rest + len(turn_end)
-        spans.append((start, end))
-        cursor = end
-    return spans
+    from tide_lightning.alignment.chat import content_regions
+
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("chat records need a tokenizer with a chat template")
+    text, regions = content_regions(tokenizer, list(messages))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = [
+        (start, tail)
+        for (start, _, tail), m in zip(regions, messages, strict=True)
+        if m["role"] == "assistant" and start >= 0
+    ]
+    answer = [any(s0 <= s < s1 for s0, s1 in spans) for s, _ in enc["offset_mapping"]]
+    return list(enc["input_ids"]), answer
 
 
 def chat_example(
@@ -109,7 +92,6 @@ def chat_example(
     max_length: int,
     block_size: int,
     eos_id: int,
-    turn_end: str | None = None,
 ) -> Example | None:
     """Tokenize a chat: prompt tokens unmaskable, answers maskable, EOS fill, truncation.
 
@@ -119,18 +101,12 @@ def chat_example(
         max_length: student length limit (a multiple of ``block_size``).
         block_size: diffusion block size.
         eos_id: EOS id used for the block fill.
-        turn_end: end-of-turn marker supervised with each answer; None uses the
-            tokenizer's EOS token text.
 
     Returns:
         The example, or None when no answer token survives truncation.
     """
-    text = render_chat(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    spans = response_char_spans(text, messages, turn_end or getattr(tokenizer, "eos_token", None))
-    ids = list(enc["input_ids"])[:max_length]
-    offsets = enc["offset_mapping"][: len(ids)]
-    maskable = [any(s < e1 and e > s1 for s1, e1 in spans) for s, e in offsets]
+    ids, maskable = response_token_mask(tokenizer, messages)
+    ids, maskable = ids[:max_length], maskable[:max_length]
     if not any(maskable):
         return None
     ids, maskable = fill_to_block(ids, maskable, eos_id, block_size)
@@ -202,7 +178,6 @@ class ExampleBuilder:
         teacher_tokenizer: teacher tokenizer (cross pipeline).
         teacher_max_length: teacher length Lt (cross pipeline).
         pack_text: shared pipeline: pack raw text into full rows of length L.
-        turn_end: end-of-turn marker supervised after each answer (None: EOS text).
     """
 
     student_tokenizer: Any
@@ -213,7 +188,6 @@ class ExampleBuilder:
     teacher_tokenizer: Any = None
     teacher_max_length: int = 0
     pack_text: bool = True
-    turn_end: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_length % self.block_size:
@@ -252,7 +226,6 @@ class ExampleBuilder:
                 self.max_length,
                 self.block_size,
                 self.eos_id,
-                self.turn_end,
             )
         return self._cross_example(record)
 
