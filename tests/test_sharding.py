@@ -1,0 +1,151 @@
+"""ZeRO-3 teacher sharding over 2 CPU processes (gloo), and the lock-step guard.
+
+One 2-process run covers every distributed check, so the process start-up and the
+DeepSpeed import are paid once (the first run ever also compiles DeepSpeed's small
+CPU communication op, cached afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tide_lightning.models import ShardedTeacher, build_tiny_moe_teacher, shard_teacher
+
+VOCAB = 64
+MASK = 63
+PAD = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _inputs(rank: int, length: int = 10):
+    """Different inputs on each rank; rank 1 pads its second row."""
+    g = torch.Generator().manual_seed(100 + rank)
+    x = torch.randint(0, 60, (2, length), generator=g)
+    valid = torch.ones(2, length, dtype=torch.bool)
+    if rank == 1:
+        valid[1, 7:] = False
+    x = x.masked_fill(~valid, PAD)
+    x = torch.where(torch.rand(2, length, generator=g) < 0.4, MASK, x)
+    return x, valid, (x == MASK) & valid
+
+
+def _worker(rank: int, world: int, port: int, workdir: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from tide_lightning.models import build_teacher, load_teacher, zero3_config
+    from tide_lightning.models.sharding import (
+        LockstepGuard,
+        TeacherLockstepError,
+        full_parameter_count,
+        is_partitioned,
+        local_parameter_bytes,
+    )
+
+    report = {}
+    reference = build_tiny_moe_teacher(VOCAB, MASK, pad_token_id=PAD, seed=0)
+    if rank == 0:
+        reference.save_pretrained(os.path.join(workdir, "teacher"))
+    dist.barrier()
+
+    # 1. Loaded already partitioned (no rank ever held the whole model), bidirectional mode.
+    config = zero3_config()
+    loaded = load_teacher("tiny_moe", os.path.join(workdir, "teacher"), zero3_config=config)
+    report["partitioned_at_load"] = is_partitioned(loaded)
+    sharded = shard_teacher(loaded, "deepspeed", config, guard_timeout_s=20)
+    x, valid, selected = _inputs(rank)
+    got = sharded.logits(x, selected, attention_mask=valid)
+    want = reference.logits(x, selected, attention_mask=valid)
+    report["bidirectional_max_err"] = (got - want).abs().max().item()
+    report["rows"] = got.shape[0]
+    report["local_bytes"] = sharded.local_parameter_bytes()
+    report["full_bytes"] = local_parameter_bytes(reference)
+    report["full_count_seen"] = full_parameter_count(loaded)
+    # A rank with nothing selected still runs the forward with the others.
+    nothing = sharded.logits(x, selected if rank == 0 else torch.zeros_like(selected))
+    report["empty_rows"] = nothing.shape[0] if rank == 1 else -1
+    sharded.end_step()
+
+    # 2. An in-memory model partitioned by shard_teacher, clean-first (WeDLM) mode.
+    dense = build_tiny_moe_teacher(VOCAB, MASK, seed=5).model
+    ref_wedlm = build_teacher("wedlm", dense, block_size=5, mask_token_id=MASK)
+    clean = torch.randint(0, 60, (2, 10), generator=torch.Generator().manual_seed(rank))
+    want = ref_wedlm.logits(x, x == MASK, clean_ids=clean)
+    wedlm = build_teacher("wedlm", dense, block_size=5, mask_token_id=MASK)
+    sharded_wedlm = shard_teacher(wedlm, "deepspeed", config, guard_timeout_s=20)
+    got = sharded_wedlm.logits(x, x == MASK, clean_ids=clean)
+    report["clean_first_max_err"] = (got - want).abs().max().item()
+
+    # 3. Unequal call counts: rank 0 calls once more; both ranks raise instead of hanging.
+    start = time.monotonic()
+    try:
+        if rank == 0:
+            sharded.logits(x, selected)
+        sharded.end_step()
+        report["mismatch_error"] = None
+    except TeacherLockstepError as err:
+        report["mismatch_error"] = str(err)
+    report["mismatch_seconds"] = time.monotonic() - start
+
+    # 4. A rank that never arrives: the waiting rank times out with a clear error.
+    guard = LockstepGuard(timeout_s=2.0)
+    start = time.monotonic()
+    if rank == 0:
+        try:
+            guard.before_call()
+            report["timeout_error"] = None
+        except TeacherLockstepError as err:
+            report["timeout_error"] = str(err)
+        report["timeout_seconds"] = time.monotonic() - start
+    else:
+        time.sleep(4.0)
+    with open(os.path.join(workdir, f"rank{rank}.json"), "w") as f:
+        json.dump(report, f)
+
+
+@pytest.mark.timeout(400)
+def test_zero3_teacher_over_two_gloo_processes(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rank, report in enumerate(reports):
+        assert report["partitioned_at_load"]
+        assert report["bidirectional_max_err"] < 1e-5, report
+        assert report["clean_first_max_err"] < 1e-5, report
+        assert report["rows"] > 0
+        share = report["local_bytes"] / report["full_bytes"]
+        assert 0.45 < share < 0.55, f"rank {rank} holds {share:.2f} of the teacher"
+        assert report["full_count_seen"] * 4 == report["full_bytes"]
+        assert "out of step" in report["mismatch_error"]
+        assert report["mismatch_seconds"] < 15
+    assert reports[1]["empty_rows"] == 0
+    assert "within 2s" in reports[0]["timeout_error"]
+    assert reports[0]["timeout_seconds"] < 15
+
+
+def test_backend_none_is_the_plain_teacher():
+    teacher = build_tiny_moe_teacher(VOCAB, MASK, seed=0)
+    wrapped = shard_teacher(teacher, backend="none")
+    assert isinstance(wrapped, ShardedTeacher) and wrapped.backend == "none"
+    x, valid, selected = _inputs(0)
+    torch.testing.assert_close(
+        wrapped.logits(x, selected, attention_mask=valid),
+        teacher.logits(x, selected, attention_mask=valid),
+    )
+    wrapped.end_step()  # no-op without a process group
+    with pytest.raises(ValueError, match="'fsdp3'"):
+        shard_teacher(teacher, backend="fsdp3")
