@@ -213,7 +213,7 @@ def teacher_tokenizer_of(config: RunConfig, specs: list[SourceSpec], run_dir: Pa
     return build_tokenizer(TokenizerConfig(source=teacher.path), specs, run_dir)
 
 
-def build_run(config: RunConfig) -> Run:
+def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
     """Tokenizers, student, teacher factory, data, module and trainer from ``config``."""
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -279,7 +279,8 @@ def build_run(config: RunConfig) -> Run:
         pack_text=d.pack_text,
         val_batches=d.val_batches,
     )
-    return Run(config, module, datamodule, build_trainer(config), student_tok, teacher_tok)
+    trainer = build_trainer(config, callbacks)
+    return Run(config, module, datamodule, trainer, student_tok, teacher_tok)
 
 
 def load_student_tokenizer(path: str):

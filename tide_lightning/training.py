@@ -8,9 +8,9 @@ from tide_lightning.builders import Run, build_run, resume_path
 from tide_lightning.config import RunConfig, to_yaml
 
 
-def fit(config: RunConfig) -> Run:
+def fit(config: RunConfig, callbacks: list | None = None) -> Run:
     """Train (or resume, per ``config.resume``) and return the run's objects."""
-    run = build_run(config)
+    run = build_run(config, callbacks)
     ckpt = resume_path(config)
     if run.trainer.is_global_zero:
         (Path(config.run_dir) / "config.yaml").write_text(to_yaml(config))
