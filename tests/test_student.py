@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from tide_lightning.models import BD3LMStudent, build_student, load_student
-from tide_lightning.models.masks import position_ids_from_mask
+from tide_lightning.models.masks import bd3lm_batch_mask, bd3lm_mask_mod, position_ids_from_mask
 
 VOCAB = 64
 MASK = 62
@@ -210,3 +210,38 @@ def test_load_failures_name_the_value(tmp_path):
     (wrong_type / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="'llama'"):
         load_student(wrong_type)
+
+
+@pytest.mark.parametrize("clean_first", [False, True])
+def test_flex_mask_mod_is_the_dense_mask(clean_first):
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[1, 4:] = False
+    dense = bd3lm_batch_mask(valid, 6, 2, clean_first)[:, 0]
+    b = torch.arange(2)[:, None, None]
+    q = torch.arange(12)[None, :, None]
+    kv = torch.arange(12)[None, None, :]
+    assert torch.equal(bd3lm_mask_mod(valid, 6, 2, clean_first)(b, 0, q, kv), dense)
+    # Hand-worked rows (student layout, L=6, Bk=2): noisy query 2 (block 1) sees noisy 2-3
+    # and clean block 0 (keys 6-7); clean query 8 (block 1) sees clean keys 6-9.
+    if not clean_first:
+        assert dense[0, 2].nonzero().flatten().tolist() == [2, 3, 6, 7]
+        assert dense[0, 8].nonzero().flatten().tolist() == [6, 7, 8, 9]
+        # Row 1 pads positions 4-5: its real queries never see them, a pad sees itself.
+        assert dense[1, 4].nonzero().flatten().tolist() == [4, 6, 7, 8, 9]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flex_attention_matches_sdpa_on_cuda():
+    sdpa = tiny_student().cuda()
+    flex = copy.deepcopy(sdpa)
+    flex.model.set_attn_implementation("flex_attention")
+    x0 = ids(2, 128).cuda()
+    xt = torch.where(torch.rand(2, 128, device="cuda") < 0.5, MASK, x0)
+    valid = torch.ones_like(x0, dtype=torch.bool)
+    valid[1, 96:] = False
+    sel = (xt == MASK) & valid
+    with torch.no_grad():
+        want = sdpa.forward_train(xt, x0, sel, 32, attention_mask=valid)
+        got = flex.forward_train(xt, x0, sel, 32, attention_mask=valid)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -129,6 +129,25 @@ def to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.where(mask, zero, neg)
 
 
+def bd3lm_mask_mod(key_valid: Tensor | None, seq_len: int, block_size: int, clean_first: bool):
+    """Flex-attention ``mask_mod(b, h, q_idx, kv_idx)`` equal to :func:`bd3lm_batch_mask`.
+
+    Args:
+        key_valid: Bool[B, L] real tokens, or None.
+        seq_len: ``L``.
+        block_size: ``Bk``.
+        clean_first: layout order.
+    """
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        allowed = bd3lm_allowed(q_idx, kv_idx, seq_len, block_size, clean_first)
+        if key_valid is None:
+            return allowed
+        return (allowed & key_valid[b, kv_idx % seq_len]) | (q_idx == kv_idx)
+
+    return mask_mod
+
+
 def bd3lm_flex_block_mask(
     key_valid: Tensor | None, seq_len: int, block_size: int, clean_first: bool, batch_size: int
 ):
@@ -146,11 +165,7 @@ def bd3lm_flex_block_mask(
     """
     from torch.nn.attention.flex_attention import create_block_mask
 
-    def mask_mod(b, h, q_idx, kv_idx):
-        allowed = bd3lm_allowed(q_idx, kv_idx, seq_len, block_size, clean_first)
-        if key_valid is None:
-            return allowed
-        return (allowed & key_valid[b, kv_idx % seq_len]) | (q_idx == kv_idx)
-
+    mask_mod = bd3lm_mask_mod(key_valid, seq_len, block_size, clean_first)
     device = key_valid.device if key_valid is not None else "cuda"
-    return create_block_mask(mask_mod, batch_size, None, 2 * seq_len, 2 * seq_len, device=device)
+    batch = batch_size if key_valid is not None else None
+    return create_block_mask(mask_mod, batch, None, 2 * seq_len, 2 * seq_len, device=device)
