@@ -27,6 +27,29 @@ GSM8K_INSTRUCTION = (
 )
 
 
+ASSISTANT_HEADER = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+def render_chat(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    """Render messages in Qwen3's chat format with thinking disabled.
+
+    Args:
+        messages: ``[{"role": ..., "content": ...}, ...]``.
+        add_generation_prompt: end with an open assistant turn. When ``False`` and the
+            last message is the assistant's, it is left open (a prefill to continue).
+
+    Returns:
+        The prompt text.
+    """
+    prefill = None
+    if not add_generation_prompt and messages and messages[-1]["role"] == "assistant":
+        messages, prefill = messages[:-1], messages[-1]["content"]
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    if prefill is not None:
+        return text + ASSISTANT_HEADER + prefill
+    return text + ASSISTANT_HEADER if add_generation_prompt else text
+
+
 def chat_prompt(user: str, system: str | None = None, tokenizer: Any = None) -> str:
     """Render one user turn as a Qwen3 chat prompt ending where the assistant answers.
 
@@ -46,5 +69,4 @@ def chat_prompt(user: str, system: str | None = None, tokenizer: Any = None) -> 
         return tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
         )
-    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return turns + "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    return render_chat(messages)
