@@ -207,7 +207,7 @@ class DistillDataModule(L.LightningDataModule):
 
     def _apply_loaded(self) -> None:
         stream, state = self.train_stream, self._loaded
-        if state is None or stream is None:
+        if state is None or stream is None or not state["workers"]:
             return
         rows = state["rows"]
         if len(rows) != stream.world_size:
