@@ -67,6 +67,12 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
     config = zero3_config()
     loaded = load_teacher("tiny_moe", os.path.join(workdir, "teacher"), zero3_config=config)
     report["partitioned_at_load"] = is_partitioned(loaded)
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    from tide_lightning.models import build_student
+
+    report["zero3_released"] = not is_deepspeed_zero3_enabled()
+    report["student_whole"] = not is_partitioned(build_student(VOCAB, 16, 1, 2, mask_token_id=MASK))
     sharded = shard_teacher(loaded, "deepspeed", config, guard_timeout_s=20)
     x, valid, selected = _inputs(rank)
     got = sharded.logits(x, selected, attention_mask=valid)
@@ -124,6 +130,7 @@ def test_zero3_teacher_over_two_gloo_processes(tmp_path):
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rank, report in enumerate(reports):
         assert report["partitioned_at_load"]
+        assert report["zero3_released"] and report["student_whole"]
         assert report["bidirectional_max_err"] < 1e-5, report
         assert report["clean_first_max_err"] < 1e-5, report
         assert report["rows"] > 0
