@@ -217,8 +217,9 @@ def _sandbox_main() -> None:  # pragma: no cover - runs inside the sandbox inter
     del source, limits
     namespace = {"__name__": "__main__", "__file__": program, "__builtins__": __builtins__}
     exec(code, namespace)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
     emit(b"D")
 
 
