@@ -245,3 +245,12 @@ def test_flex_attention_matches_sdpa_on_cuda():
         want = sdpa.forward_train(xt, x0, sel, 32, attention_mask=valid)
         got = flex.forward_train(xt, x0, sel, 32, attention_mask=valid)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_published_layout_with_the_real_qwen3_tokenizer(qwen3, tmp_path):
+    """Qwen3 tokenizer + `<|mask|>` (id 151669) over 151,936 embedding rows, as published."""
+    assert qwen3.convert_tokens_to_ids("<|mask|>") == 151669
+    student = build_student(151936, 16, 1, 2, mask_token_id=151669, seed=0)
+    student.save_pretrained(tmp_path, tokenizer=qwen3)
+    loaded, tok = load_student(tmp_path, attention="sdpa")
+    assert loaded.mask_token_id == 151669 and loaded.vocab_size == 151936 and len(tok) == 151670

@@ -20,6 +20,7 @@ from tide_lightning.models import (
     build_teacher,
     build_tiny_moe_teacher,
     load_teacher,
+    setup_teacher,
 )
 
 VOCAB = 64
@@ -172,6 +173,9 @@ def test_load_round_trip_and_failures(tmp_path):
         load_teacher("tiny_moe", tmp_path / "big_tok")
     config = json.loads((tmp_path / "t" / "config.json").read_text())
     assert config["mask_token_id"] == MASK
+    holder = setup_teacher("tiny_moe", tmp_path / "t")  # one process: backend "none"
+    assert holder.teacher.backend == "none" and holder.is_frozen()
+    torch.testing.assert_close(holder.logits(x, sel), teacher.logits(x, sel))
 
 
 class _Distill(L.LightningModule):

@@ -10,7 +10,7 @@
 """
 
 from tide_lightning.models import kv_cache, masks
-from tide_lightning.models.frozen import TeacherHolder
+from tide_lightning.models.frozen import TeacherHolder, setup_teacher
 from tide_lightning.models.kv_cache import BlockCache
 from tide_lightning.models.sharding import (
     LockstepGuard,
@@ -46,6 +46,7 @@ __all__ = [
     "load_student",
     "load_teacher",
     "masks",
+    "setup_teacher",
     "shard_teacher",
     "zero3_config",
 ]

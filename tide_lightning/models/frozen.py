@@ -20,14 +20,30 @@ Usage::
 
         def setup(self, stage):
             self.teacher.to(self.device)
+
+        def training_step(self, batch, batch_idx):
+            ...  # every teacher call, on every rank, even with nothing masked
+            self.teacher.end_step()  # before backward: catches uneven calls before DDP's all-reduce
+            return loss
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+import torch
 from torch import Tensor
 
-from tide_lightning.models.sharding import ShardedTeacher
-from tide_lightning.models.teachers import TeacherAdapter
+from tide_lightning.models.sharding import (
+    ShardedTeacher,
+    default_backend,
+    shard_teacher,
+    zero3_config,
+)
+from tide_lightning.models.teachers import TeacherAdapter, load_teacher
+
+log = logging.getLogger(__name__)
 
 
 class TeacherHolder:
@@ -82,3 +98,58 @@ class TeacherHolder:
         """No parameter requires grad and the module is in eval mode."""
         adapter = self.adapter
         return not adapter.training and not any(p.requires_grad for p in adapter.parameters())
+
+
+def setup_teacher(
+    kind: str,
+    path: str | Path,
+    *,
+    backend: str = "auto",
+    block_size: int = 32,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool | None = None,
+    guard_timeout_s: float | None = 60.0,
+    **overrides,
+) -> TeacherHolder:
+    """The one place a run sets its teacher up: load, shard, freeze, log its memory.
+
+    Call it after the process group exists (a LightningModule's ``setup`` hook) and on
+    every rank.
+
+    Args:
+        kind: teacher kind (:data:`tide_lightning.models.teachers.TEACHER_KINDS`).
+        path: local checkpoint directory.
+        backend: ``"auto"`` (``deepspeed`` with more than one process, else ``none``),
+            ``"deepspeed"`` or ``"none"``.
+        block_size: ``Bk`` of the clean-first layout.
+        dtype: default bf16 on CUDA, float32 on CPU.
+        trust_remote_code: default from the registry.
+        guard_timeout_s: lock-step guard timeout (sharded only).
+        **overrides: registry fields (``mask_token_id``, ...).
+
+    Returns:
+        A :class:`TeacherHolder`.
+    """
+    if backend == "auto":
+        backend = default_backend()
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    config = zero3_config(dtype) if backend == "deepspeed" else None
+    adapter = load_teacher(
+        kind,
+        path,
+        block_size=block_size,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        zero3_config=config,
+        **overrides,
+    )
+    teacher = shard_teacher(adapter, backend, config, guard_timeout_s)
+    log.info(
+        "teacher %s from %s: backend %s, %.1f MB of parameters on this rank",
+        kind,
+        path,
+        backend,
+        teacher.local_parameter_bytes() / 2**20,
+    )
+    return TeacherHolder(teacher)
