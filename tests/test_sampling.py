@@ -1,0 +1,184 @@
+"""Block-diffusion sampler: hand-worked helpers and properties of whole decoding runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tide_lightning.models import build_student
+from tide_lightning.sampling import (
+    generate,
+    left_pad,
+    propose,
+    select_commits,
+    transfer_schedule,
+    trim_at_eos,
+)
+
+VOCAB, MASK, PAD, EOS = 64, 62, 60, 61
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14]]
+
+
+@pytest.fixture(scope="module")
+def student():
+    return build_student(
+        vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+        mask_token_id=MASK, seed=0,
+    ).eval()  # fmt: skip
+
+
+class Spy:
+    """Wraps a student: records every block it denoises and can add to logits."""
+
+    def __init__(self, student, bonus=None):
+        self.student, self.bonus, self.blocks = student, bonus, []
+        self.mask_token_id = student.mask_token_id
+
+    def parameters(self):
+        return self.student.parameters()
+
+    def prefill(self, *args):
+        return self.student.prefill(*args)
+
+    def extend_cache(self, *args):
+        return self.student.extend_cache(*args)
+
+    def forward_block(self, cache, block, positions):
+        self.blocks.append((block.clone(), positions.clone()))
+        logits = self.student.forward_block(cache, block, positions)
+        return logits if self.bonus is None else self.bonus(logits, positions)
+
+
+def test_transfer_schedule_hand_values():
+    assert transfer_schedule(5, 3) == [2, 2, 1]
+    assert transfer_schedule(32, 32) == [1] * 32
+    assert transfer_schedule(32, 8) == [4] * 8
+    assert transfer_schedule(3, 8) == [1, 1, 1]  # steps with nothing to commit are dropped
+    with pytest.raises(ValueError):
+        transfer_schedule(4, 0)
+
+
+def test_left_pad_hand_values():
+    ids, valid = left_pad([[1, 2, 3], [4], []], block_size=2, pad_id=9)
+    assert ids.tolist() == [[9, 1, 2, 3], [9, 9, 9, 4], [9, 9, 9, 9]]
+    assert valid.tolist() == [[False, True, True, True], [False] * 3 + [True], [False] * 4]
+
+
+def test_select_commits_top_k_and_threshold_hand_values():
+    confidence = torch.tensor([[0.9, 0.2, 0.6, 0.4], [0.1, 0.3, 0.2, 0.05]])
+    masked = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    top2 = select_commits(confidence, masked, k=2)
+    assert top2.tolist() == [[False, False, True, True], [False, True, True, False]]
+    # k larger than the masked count commits every masked position, never a committed one.
+    assert select_commits(confidence, masked, k=4).tolist() == masked.tolist()
+    tau = select_commits(confidence, masked, threshold=0.5)
+    # Row 1 has nothing above 0.5: its most confident masked token still commits.
+    assert tau.tolist() == [[False, False, True, False], [False, True, False, False]]
+    with pytest.raises(ValueError):
+        select_commits(confidence, masked)
+
+
+def test_propose_greedy_confidence_is_softmax_probability():
+    logits = torch.tensor([[[1.0, 3.0, 0.0], [2.0, 2.0 + 1e-3, -1.0]]])
+    tokens, confidence = propose(logits, 0.0, "low_confidence")
+    assert tokens.tolist() == [[1, 1]]
+    torch.testing.assert_close(confidence, logits.softmax(-1).amax(-1))
+    # Random scores are uniform draws, reproducible from the generator.
+    _, a = propose(logits, 0.0, "random", torch.Generator().manual_seed(0))
+    _, b = propose(logits, 0.0, "random", torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and ((a >= 0) & (a < 1)).all()
+    with pytest.raises(ValueError):
+        propose(logits, 0.0, "entropy")
+
+
+def test_gumbel_sampling_follows_the_tempered_distribution():
+    logits = torch.log(torch.tensor([0.7, 0.2, 0.1]))[None, None].expand(1, 20000, 3)
+    gen = torch.Generator().manual_seed(0)
+    tokens, _ = propose(logits, 1.0, "low_confidence", gen)
+    freq = torch.bincount(tokens.flatten(), minlength=3).float() / tokens.numel()
+    torch.testing.assert_close(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.015, rtol=0)
+    cold, _ = propose(logits, 0.05, "low_confidence", gen)  # temperature -> 0 is greedy
+    assert (cold == 0).all()
+
+
+def test_never_remasks_and_order_is_a_permutation(student):
+    spy = Spy(student)
+    out = generate(spy, PROMPTS, max_new_tokens=12, block_size=4, pad_id=PAD)
+    # Within a block, a committed position keeps its token at every later step.
+    for (before, pos_b), (after, pos_a) in zip(spy.blocks, spy.blocks[1:], strict=False):
+        if torch.equal(pos_b, pos_a):
+            kept = before != MASK
+            assert torch.equal(after[kept], before[kept])
+            assert int((after != MASK).sum() - kept.sum()) == len(PROMPTS)  # one per row
+    assert not (out.tokens == MASK).any()
+    for row in out.order.tolist():  # one token per step: every step index exactly once
+        assert sorted(row) == list(range(12))
+    assert out.steps.tolist() == [12] * 3 and out.tokens_per_step() == 1.0
+
+
+def test_order_is_block_by_block_with_fewer_steps(student):
+    out = generate(student, PROMPTS, max_new_tokens=8, block_size=4, steps_per_block=2, pad_id=PAD)
+    assert out.steps.tolist() == [4] * 3 and out.tokens_per_step() == 2.0
+    for row in out.order.tolist():
+        assert sorted(row[:4]) == [0, 0, 1, 1] and sorted(row[4:]) == [2, 2, 3, 3]
+
+
+def test_left_padded_batch_decodes_each_prompt_as_alone(student):
+    batch = generate(student, PROMPTS, max_new_tokens=10, block_size=4, pad_id=PAD)
+    for row, prompt in enumerate(PROMPTS):
+        alone = generate(student, [prompt], max_new_tokens=10, block_size=4, pad_id=PAD)
+        assert torch.equal(alone.tokens[0], batch.tokens[row])
+        assert torch.equal(alone.order[0], batch.order[row])
+
+
+@pytest.mark.parametrize("threshold", [None, 0.02])
+def test_cached_prefix_equals_recomputed_prefix(student, threshold):
+    kw = dict(max_new_tokens=12, block_size=4, pad_id=PAD, eos_id=EOS, threshold=threshold)
+    cached = generate(student, PROMPTS, **kw)
+    recomputed = generate(student, PROMPTS, recompute_prefix=True, **kw)
+    assert torch.equal(cached.tokens, recomputed.tokens)
+    assert torch.equal(cached.order, recomputed.order)
+    assert torch.equal(cached.steps, recomputed.steps)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.03, 1.0])
+def test_threshold_commits_at_least_one_per_step(student, threshold):
+    out = generate(
+        student, PROMPTS, max_new_tokens=8, block_size=4, pad_id=PAD, threshold=threshold
+    )
+    for row, steps in zip(out.order.tolist(), out.steps.tolist(), strict=True):
+        assert set(row) == set(range(steps))  # every step committed something
+    if threshold == 0.0:
+        assert out.steps.tolist() == [2] * 3  # everything at once: one step per block
+    if threshold == 1.0:
+        assert out.steps.tolist() == [8] * 3
+
+
+def test_eos_stops_a_row_after_its_block(student):
+    def force_eos(logits, positions):
+        logits = logits.clone()
+        rows = positions[:, 0] == len(PROMPTS[0]) + 4  # row 0's second block, first token
+        logits[rows, 0, EOS] += 100.0
+        return logits
+
+    spy = Spy(student, force_eos)
+    out = generate(spy, PROMPTS[:2], max_new_tokens=16, block_size=4, pad_id=PAD, eos_id=EOS)
+    assert out.tokens[0, 4].item() == EOS
+    assert (out.tokens[0, 8:] == EOS).all() and (out.order[0, 8:] == -1).all()
+    assert (out.order[1] >= 0).all() and out.steps.tolist() == [8, 16]
+    assert [b.shape[0] for b, _ in spy.blocks[8:]] == [1] * 8  # the finished row left the batch
+    assert trim_at_eos(out.tokens, EOS)[0] == out.tokens[0, :4].tolist()
+
+
+def test_partial_last_block_random_remasking_and_seeded_sampling(student):
+    kw = dict(max_new_tokens=6, block_size=4, pad_id=PAD, temperature=1.0, remasking="random")
+    a = generate(student, PROMPTS, generator=torch.Generator().manual_seed(3), **kw)
+    b = generate(student, PROMPTS, generator=torch.Generator().manual_seed(3), **kw)
+    assert a.tokens.shape == (3, 6) and torch.equal(a.tokens, b.tokens)
+    assert sorted(a.order[0].tolist()) == list(range(6))
+
+
+def test_trim_at_eos():
+    tokens = torch.tensor([[1, 2, 9, 3], [4, 5, 6, 7]])
+    assert trim_at_eos(tokens, 9) == [[1, 2], [4, 5, 6, 7]]
+    assert trim_at_eos(tokens, None) == tokens.tolist()
