@@ -87,6 +87,16 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
     report["empty_rows"] = nothing.shape[0] if rank == 1 else -1
     sharded.end_step()
 
+    # The one-call set-up picks ZeRO-3 by itself with two processes.
+    from tide_lightning.models import setup_teacher
+
+    holder = setup_teacher("tiny_moe", os.path.join(workdir, "teacher"), guard_timeout_s=20)
+    report["setup_backend"] = holder.teacher.backend
+    got = holder.logits(x, selected, attention_mask=valid)
+    want = reference.logits(x, selected, attention_mask=valid)
+    report["setup_max_err"] = (got - want).abs().max().item()
+    holder.end_step()
+
     # 2. An in-memory model partitioned by shard_teacher, clean-first (WeDLM) mode.
     dense = build_tiny_moe_teacher(VOCAB, MASK, seed=5).model
     ref_wedlm = build_teacher("wedlm", dense, block_size=5, mask_token_id=MASK)
@@ -131,6 +141,7 @@ def test_zero3_teacher_over_two_gloo_processes(tmp_path):
     for rank, report in enumerate(reports):
         assert report["partitioned_at_load"]
         assert report["zero3_released"] and report["student_whole"]
+        assert report["setup_backend"] == "deepspeed" and report["setup_max_err"] < 1e-5
         assert report["bidirectional_max_err"] < 1e-5, report
         assert report["clean_first_max_err"] < 1e-5, report
         assert report["rows"] > 0
