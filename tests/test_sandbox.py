@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -291,3 +292,17 @@ def test_every_fallback_set_up_contains_the_basics(layers):
     assert go("import os\nos.kill(os.getppid(), 9)\n").status == "error"
     assert go("x = bytearray(10 * 2**30)\n").status == "failed"
     assert go("while True:\n    pass\n", timeout=1.2).status == "timeout"
+    # Signals through a pidfd raise no audit event; they must still be unavailable.
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        pidfd_kill = f"""
+import os, signal
+fd = os.open("/proc/{victim.pid}", os.O_RDONLY)
+signal.pidfd_send_signal(fd, signal.SIGKILL)
+"""
+        assert not go(pidfd_kill).passed
+        assert go(f"import os, signal\nos.kill({victim.pid}, signal.SIGKILL)\n").status == "error"
+        assert victim.poll() is None, "the sandboxed program killed an outside process"
+    finally:
+        victim.kill()
+        victim.wait()

@@ -213,6 +213,13 @@ def _sandbox_main() -> None:  # pragma: no cover - runs inside the sandbox inter
         finally:
             busy[0] = False
 
+    # Signalling through a pidfd raises no audit event: take those functions away.
+    import signal
+
+    for module in (os, signal, sys.modules.get("posix"), sys.modules.get("_signal")):
+        for name in ("pidfd_open", "pidfd_send_signal"):
+            with contextlib.suppress(AttributeError):
+                delattr(module, name)
     sys.addaudithook(hook)
     del source, limits
     namespace = {"__name__": "__main__", "__file__": program, "__builtins__": __builtins__}
