@@ -164,6 +164,8 @@ def test_rejects_mask_outside_embedding_and_eager_attention():
     model.set_attn_implementation("eager")
     with pytest.raises(ValueError, match="eager"):
         BD3LMStudent(model, MASK)
+    with pytest.raises(ValueError, match="'eager'"):
+        tiny_student().set_attention("eager")
 
 
 def test_save_and_load_round_trip(tmp_path):

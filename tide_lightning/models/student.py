@@ -91,6 +91,14 @@ class BD3LMStudent(nn.Module):
         self.mask_token_id = mask_token_id
         model.config.mask_token_id = mask_token_id
 
+    def set_attention(self, attention: str) -> None:
+        """Switch the back-end (``"sdpa" | "flex" | "auto"``), e.g. to SDPA for cached decoding.
+
+        Cached decoding passes additive float masks, correct under flex attention too
+        but slower there (a score-mod per element), so samplers may prefer SDPA.
+        """
+        self.model.set_attn_implementation(resolve_attention(attention))
+
     @property
     def vocab_size(self) -> int:
         """Rows of the LM head (may exceed the tokenizer length)."""
