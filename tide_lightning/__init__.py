@@ -5,6 +5,7 @@ The method's math is importable from the top level as pure functions::
     from tide_lightning import tidal_loss, tidal_lambda, sample_mask
 """
 
+from tide_lightning.alignment import ChunkAlignment, align_messages, align_texts
 from tide_lightning.attention import bd3lm_attention_mask
 from tide_lightning.losses import (
     calm_loss,
@@ -32,8 +33,11 @@ from tide_lightning.variants import VARIANTS, Variant, get_variant
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChunkAlignment",
     "VARIANTS",
     "Variant",
+    "align_messages",
+    "align_texts",
     "bd3lm_attention_mask",
     "calm_loss",
     "chunk_consistent_mask",

@@ -8,6 +8,7 @@ it needs the process group that Lightning only creates when ``fit`` starts.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from tide_lightning.config import RunConfig, SourceConfig, TokenizerConfig
 from tide_lightning.data import DistillDataModule, SourceSpec, open_source
@@ -26,6 +28,7 @@ from tide_lightning.models.sharding import default_backend, shard_teacher, zero3
 from tide_lightning.models.teachers import build_tiny_moe_teacher, load_teacher
 from tide_lightning.module import DistillationModule, OptimSettings
 from tide_lightning.objective import ObjectiveSettings
+from tide_lightning.preemption import PreemptionCheckpoint
 from tide_lightning.tokenization import (
     load_qwen3_tokenizer,
     train_byte_level_bpe,
@@ -232,11 +235,7 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
     if variant_needs_teacher:
         t = config.teacher
         vocab_tok = teacher_tok if teacher_tok is not None else student_tok
-        teacher_mask = t.mask_token_id
-        if teacher_mask is None and t.path is None:
-            teacher_mask = vocab_tok.mask_token_id
-        if teacher_mask is None and t.path is not None:
-            teacher_mask = _teacher_mask_from_kind(t.kind, t.path)
+        teacher_mask = resolve_teacher_mask(t.kind, t.path, t.mask_token_id, vocab_tok)
         factory = TeacherFactory(
             t.kind, t.path, t.sharding, config.objective.block_size, _rows(vocab_tok),
             teacher_mask, vocab_tok.pad_token_id, t.trust_remote_code, t.hidden_size,
@@ -289,10 +288,19 @@ def load_student_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def _teacher_mask_from_kind(kind: str, path: str) -> int | None:
+def resolve_teacher_mask(kind: str, path: str | None, override: int | None, tokenizer) -> int:
+    """The teacher's mask id: the override, the kind's registry entry, the checkpoint's
+    ``config.json`` (``mask_token_id``), or its tokenizer's mask token, in that order."""
     from tide_lightning.models.teachers import teacher_kind
 
-    return teacher_kind(kind).mask_token_id
+    candidates = [override, teacher_kind(kind).mask_token_id]
+    if path is not None and (Path(path) / "config.json").is_file():
+        candidates.append(json.loads((Path(path) / "config.json").read_text()).get("mask_token_id"))
+    candidates.append(tokenizer.mask_token_id)
+    for candidate in candidates:
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError(f"no mask id for teacher {kind!r} at {path!r}: set teacher.mask_token_id")
 
 
 def build_trainer(config: RunConfig, callbacks: list | None = None) -> L.Trainer:
@@ -328,7 +336,15 @@ def build_trainer(config: RunConfig, callbacks: list | None = None) -> L.Trainer
         log_every_n_steps=tr.log_every_n_steps,
         enable_progress_bar=tr.enable_progress_bar,
         logger=TensorBoardLogger(config.run_dir, name="tensorboard", version=""),
-        callbacks=[checkpoints, LearningRateMonitor("step"), *(callbacks or [])],
+        callbacks=[
+            checkpoints,
+            LearningRateMonitor("step"),
+            PreemptionCheckpoint(Path(config.run_dir) / "checkpoints" / "last.ckpt"),
+            *(callbacks or []),
+        ],
+        # Lightning's own SLURM requeue saves inside the signal handler, which can hang:
+        # PreemptionCheckpoint does it at a step boundary instead.
+        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
         default_root_dir=config.run_dir,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
