@@ -1,0 +1,188 @@
+"""Preemption under simulated SLURM: signal -> checkpoint -> requeue -> exact resume.
+
+Two processes play the two tasks ``srun`` would start (``SLURM_PROCID`` 0 and 1, gloo on
+CPU) and a stand-in ``scontrol`` on ``PATH`` records its arguments. Each run goes
+through the real ``fit`` (``builders.build_trainer`` wires in ``PreemptionCheckpoint``
+and ``SLURMEnvironment(auto_requeue=False)``); a recording callback writes every batch
+and loss each rank trains on.
+
+1. An uninterrupted 6-step run is the reference.
+2. The same run, where only rank 1 sends itself SIGUSR1 during step 3: both ranks must
+   stop after step 3 (they agree at the step boundary), ``last.ckpt`` holds step 3 and
+   ``scontrol requeue <job id>`` ran exactly once.
+3. The relaunch (same environment, same run dir, ``resume: auto``) must train steps 4-6
+   on exactly the reference's batches, with the reference's losses.
+
+This file is also the per-rank driver: ``python tests/test_preemption.py CONFIG KEY=VALUE...``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 6
+SIGNAL_STEP = 3
+JOB_ID = "4242"
+
+
+class BatchRecorder(L.Callback):
+    """Appends ``{step, rows, loss}`` per trained batch to ``out_dir/rank<r>.jsonl``;
+    optionally sends this process ``signal_at = (step, rank)``'s SIGUSR1 mid-step."""
+
+    def __init__(self, out_dir: str, signal_at: tuple[int, int] | None) -> None:
+        self.out_dir = Path(out_dir)
+        self.signal_at = signal_at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step = trainer.global_step + 1
+        if self.signal_at == (step, trainer.global_rank):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        record = {
+            "step": trainer.global_step,
+            "rows": batch["input_ids"].tolist(),
+            "loss": float(outputs["loss"]),
+        }
+        with open(self.out_dir / f"rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fake_scontrol(bin_dir: Path, log: Path) -> None:
+    bin_dir.mkdir()
+    script = bin_dir / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\n')
+    script.chmod(0o755)
+
+
+def _slurm_env(rank: int, port: int, bin_dir: Path, record: Path, signal_at: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    for key in ("NODE_RANK", "WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID"):
+        env.pop(key, None)
+    env.update(
+        SLURM_JOB_ID=JOB_ID,
+        SLURM_JOB_NAME="tide-test",
+        SLURM_NTASKS="2",
+        SLURM_NTASKS_PER_NODE="2",
+        SLURM_NNODES="1",
+        SLURM_NODEID="0",
+        SLURM_NODELIST="127.0.0.1",
+        SLURM_PROCID=str(rank),
+        SLURM_LOCALID=str(rank),
+        # srun does not set LOCAL_RANK, and DeepSpeed's zero.Init (teacher sharding) reads
+        # it; remove this line once the module exports it from Lightning's local rank.
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        TIDE_TEST_RECORD=str(record),
+        TIDE_TEST_SIGNAL_AT=signal_at,
+    )
+    return env
+
+
+def _launch(tmp: Path, run_dir: Path, record: Path, signal_at: str = "") -> None:
+    """Both "srun tasks" of one job (attempt); fails the test unless both exit 0."""
+    record.mkdir()
+    overrides = [
+        f"run_dir={run_dir}",
+        f"trainer.max_steps={STEPS}",
+        "trainer.devices=2",
+        "trainer.checkpoint_every_n_steps=1000",
+        "trainer.enable_progress_bar=false",
+        "data.val_sources=[]",
+    ]
+    cmd = [sys.executable, __file__, str(ROOT / "conf" / "tiny.yaml"), *overrides]
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=_slurm_env(rank, port, tmp / "bin", record, signal_at),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=150)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for rank, (p, out) in enumerate(zip(procs, outputs, strict=True)):
+        assert p.returncode == 0, f"rank {rank} exited with {p.returncode}:\n{out[-4000:]}"
+
+
+def _records(record: Path, rank: int) -> list[dict]:
+    lines = (record / f"rank{rank}.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.timeout(400)
+def test_signal_checkpoints_requeues_and_resumes_exactly(tmp_path: Path) -> None:
+    requeue_log = tmp_path / "scontrol.log"
+    _fake_scontrol(tmp_path / "bin", requeue_log)
+
+    _launch(tmp_path, tmp_path / "reference", tmp_path / "rec_reference")
+    assert not requeue_log.exists()  # no signal, no requeue
+
+    run_dir = tmp_path / "preempted"
+    _launch(tmp_path, run_dir, tmp_path / "rec_first", signal_at=f"{SIGNAL_STEP}:1")
+    assert requeue_log.read_text().split("\n") == [f"requeue {JOB_ID}", ""]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == SIGNAL_STEP
+
+    _launch(tmp_path, run_dir, tmp_path / "rec_relaunch")
+    assert requeue_log.read_text().count("requeue") == 1
+
+    for rank in (0, 1):
+        reference = _records(tmp_path / "rec_reference", rank)
+        first = _records(tmp_path / "rec_first", rank)
+        relaunch = _records(tmp_path / "rec_relaunch", rank)
+        assert [r["step"] for r in reference] == list(range(1, STEPS + 1))
+        # Rank 0 never saw the signal and still stopped at the same step as rank 1.
+        assert [r["step"] for r in first] == list(range(1, SIGNAL_STEP + 1))
+        assert [r["step"] for r in relaunch] == list(range(SIGNAL_STEP + 1, STEPS + 1))
+        for got, want in zip(first + relaunch, reference, strict=True):
+            assert got["rows"] == want["rows"], f"rank {rank} step {got['step']}: other batch"
+            assert math.isclose(got["loss"], want["loss"], rel_tol=1e-4, abs_tol=1e-6)
+    other = _records(tmp_path / "rec_reference", 1)
+    assert _records(tmp_path / "rec_reference", 0)[0]["rows"] != other[0]["rows"]
+
+
+def _main(argv: list[str]) -> None:
+    from tide_lightning.config import load_config
+    from tide_lightning.training import fit
+
+    at = os.environ.get("TIDE_TEST_SIGNAL_AT", "")
+    signal_at = tuple(int(v) for v in at.split(":")) if at else None
+    recorder = BatchRecorder(os.environ["TIDE_TEST_RECORD"], signal_at)
+    fit(load_config(argv[0], argv[1:]), callbacks=[recorder])
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
