@@ -243,3 +243,31 @@ def test_teacher_stays_frozen_through_fit(tmp_path):
     assert not any("teacher" in k for k in ckpt["state_dict"])
     for k, v in teacher.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+def test_refuses_backends_that_misread_the_mask():
+    eager = tiny_dense()
+    eager.set_attn_implementation("eager")
+    with pytest.raises(ValueError, match="'eager'"):
+        build_teacher("generic", eager, mask_token_id=MASK, mask_format="bool")
+    build_teacher("generic", eager, mask_token_id=MASK, mask_format="additive")  # correct
+    flash = tiny_dense()
+    flash.config._attn_implementation = "flash_attention_2"  # as a checkpoint might request
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        build_teacher("generic", flash, mask_token_id=MASK)
+
+
+def test_eager_with_additive_mask_equals_sdpa():
+    sdpa = tiny_dense()
+    sdpa.set_attn_implementation("sdpa")
+    eager = copy.deepcopy(sdpa)
+    eager.set_attn_implementation("eager")
+    x = rand_ids(2, 8)
+    valid = torch.ones(2, 8, dtype=torch.bool)
+    valid[0, 5:] = False
+    sel = valid.clone()
+    a = build_teacher("generic", sdpa, mask_token_id=MASK, mask_format="bool")
+    b = build_teacher("generic", eager, mask_token_id=MASK, mask_format="additive")
+    torch.testing.assert_close(
+        a.logits(x, sel, attention_mask=valid), b.logits(x, sel, attention_mask=valid)
+    )

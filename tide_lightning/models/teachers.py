@@ -94,6 +94,25 @@ def _rows(weight: Tensor) -> int:
     return getattr(weight, "ds_shape", weight.shape)[0]
 
 
+def _check_attention_backend(model: nn.Module, kind: TeacherKind) -> None:
+    """Refuse back-ends that would silently misread a 4-D mask.
+
+    FlashAttention kernels ignore an arbitrary 4-D mask; a boolean mask is only read
+    correctly by SDPA (eager would add it as 0/1).
+    """
+    impl = getattr(model.config, "_attn_implementation", None) or "default"
+    if impl.startswith("flash_attention"):
+        raise ValueError(
+            f"teacher {kind.name!r} runs {impl!r}, which ignores the 4-D attention mask; "
+            "load it with attn_implementation='sdpa' or 'eager'"
+        )
+    if kind.mask_format == "bool" and impl != "sdpa":
+        raise ValueError(
+            f"teacher {kind.name!r} passes a boolean mask but runs {impl!r}; only 'sdpa' reads "
+            "it correctly (use mask_format='additive')"
+        )
+
+
 class TeacherAdapter(nn.Module):
     """One call for every teacher: logits at the selected positions.
 
@@ -113,6 +132,7 @@ class TeacherAdapter(nn.Module):
             raise ValueError(
                 f"teacher {kind.name!r} mask id {kind.mask_token_id} is outside its {rows} embedding rows"
             )
+        _check_attention_backend(model, kind)
         self.model = model
         self.kind = kind
         self.block_size = block_size
