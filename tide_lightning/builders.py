@@ -147,7 +147,12 @@ class Run:
 
 
 def _objective(config: RunConfig, student_mask: int, teacher_mask: int | None) -> ObjectiveSettings:
+    from tide_lightning.models.teachers import teacher_kind
+
     o = config.objective
+    shared_vocab = o.shared_vocab_size
+    if shared_vocab is None and config.teacher is not None:
+        shared_vocab = teacher_kind(config.teacher.kind).shared_vocab_size
     variant_compdemo = {"tide_shared", "tide_shared_chunk"}
     temperature = o.temperature or (5.0 if config.pipeline == "cross" else 2.0)
     return ObjectiveSettings(
@@ -167,7 +172,7 @@ def _objective(config: RunConfig, student_mask: int, teacher_mask: int | None) -
         time_weight=o.time_weight,
         time_eps=o.time_eps,
         per_block_time=o.per_block_time,
-        shared_vocab_size=o.shared_vocab_size,
+        shared_vocab_size=shared_vocab,
     )
 
 
@@ -224,9 +229,10 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
     specs = source_specs(config.data.sources)
     if not specs:
         raise ValueError("data.sources is empty: give at least one training source")
-    student_tok = build_tokenizer(config.student.tokenizer, specs, run_dir / "student_tokenizer")
-    if config.student.path is not None:
+    if config.student.path is not None:  # the checkpoint's own tokenizer, with <|mask|>
         student_tok = load_student_tokenizer(config.student.path)
+    else:
+        student_tok = build_tokenizer(config.student.tokenizer, specs, run_dir / "student_tokenizer")
     teacher_tok = teacher_tokenizer_of(config, specs, run_dir)
     student = _student(config, student_tok)
 

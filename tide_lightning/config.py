@@ -51,6 +51,7 @@ class StudentConfig:
     path: str | None = None
     """Local HF directory of a BD3LM student; None builds one from the sizes below."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Used when ``path`` is None (a checkpoint brings its own tokenizer)."""
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
