@@ -27,6 +27,7 @@ from tide_lightning.masking import (
     sample_mask,
     sample_time,
 )
+from tide_lightning.sandbox import ProgramResult, check_program
 from tide_lightning.schedules import lambda_train, midrange_weight, tidal_lambda
 from tide_lightning.variants import VARIANTS, Variant, get_variant
 
@@ -34,12 +35,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChunkAlignment",
+    "ProgramResult",
     "VARIANTS",
     "Variant",
     "align_messages",
     "align_texts",
     "bd3lm_attention_mask",
     "calm_loss",
+    "check_program",
     "chunk_consistent_mask",
     "chunk_log_probs",
     "chunk_tidal_loss",
