@@ -13,6 +13,9 @@ and loss each rank trains on.
 3. The relaunch (same environment, same run dir, ``resume: auto``) must train steps 4-6
    on exactly the reference's batches, with the reference's losses.
 
+Single-process tests cover the pieces: job ids, the ``scontrol`` call and its failures,
+the handler's install/restore, and waiting for the optimizer step under accumulation.
+
 This file is also the per-rank driver: ``python tests/test_preemption.py CONFIG KEY=VALUE...``.
 """
 
@@ -30,6 +33,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+
+from tide_lightning.preemption import PreemptionCheckpoint, requeue_slurm_job, slurm_job_id
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -58,6 +63,86 @@ class BatchRecorder(L.Callback):
         }
         with open(self.out_dir / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class _Tiny(L.LightningModule):
+    """One linear layer on a fixed random stream; enough to drive the step loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch["input_ids"]).pow(2).mean()
+
+    def train_dataloader(self):
+        rows = [{"input_ids": x} for x in torch.randn(64, 4)]
+        return torch.utils.data.DataLoader(rows, batch_size=4)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _tiny_fit(tmp_path: Path, signal_at: tuple[int, int], accumulate: int = 1):
+    preemption = PreemptionCheckpoint(tmp_path / "last.ckpt")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=6,
+        accumulate_grad_batches=accumulate,
+        callbacks=[preemption, BatchRecorder(str(tmp_path), signal_at)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_Tiny())
+    return trainer, preemption
+
+
+def test_slurm_job_id_plain_array_and_absent() -> None:
+    assert slurm_job_id({"SLURM_JOB_ID": "123"}) == "123"
+    array = {"SLURM_JOB_ID": "130", "SLURM_ARRAY_JOB_ID": "123", "SLURM_ARRAY_TASK_ID": "7"}
+    assert slurm_job_id(array) == "123_7"
+    assert slurm_job_id({}) is None
+    assert slurm_job_id({"SLURM_JOB_ID": "1; rm -rf /"}) is None
+
+
+def test_requeue_runs_scontrol_and_reports_failure(tmp_path: Path, monkeypatch) -> None:
+    log = tmp_path / "scontrol.log"
+    _fake_scontrol(tmp_path / "bin", log)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    assert requeue_slurm_job("123_7")
+    assert log.read_text() == "requeue 123_7\n"
+    (tmp_path / "bin" / "scontrol").write_text("#!/bin/sh\necho 'Invalid job id' >&2\nexit 1\n")
+    with pytest.warns(UserWarning, match="Invalid job id"):
+        assert not requeue_slurm_job("123")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.warns(UserWarning, match="requeue 123 failed"):
+        assert not requeue_slurm_job("123")
+
+
+def test_handler_only_sets_a_flag_and_is_restored(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGUSR1)
+    trainer, preemption = _tiny_fit(tmp_path, signal_at=(3, 0))
+    assert preemption.stopped_at_step == 3 and trainer.global_step == 3
+    assert not preemption.requested and not preemption.requeued  # no SLURM job here
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 3
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_waits_for_the_optimizer_step_under_accumulation(tmp_path: Path) -> None:
+    # Signalled during the first micro-batch of step 2: the checkpoint must not be taken
+    # with half-accumulated gradients, but after that step's second micro-batch.
+    trainer, preemption = _tiny_fit(tmp_path, signal_at=(2, 0), accumulate=2)
+    assert preemption.stopped_at_step == 2
+    steps = [r["step"] for r in _records(tmp_path, 0)]
+    assert steps == [0, 1, 1, 2]
+
+
+def test_no_signal_no_checkpoint(tmp_path: Path) -> None:
+    trainer, preemption = _tiny_fit(tmp_path, signal_at=(99, 0))
+    assert trainer.global_step == 6 and preemption.stopped_at_step is None
+    assert not (tmp_path / "last.ckpt").exists()
 
 
 def _free_port() -> int:
