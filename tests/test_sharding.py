@@ -12,12 +12,21 @@ import os
 import socket
 import time
 
+import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
-from tide_lightning.models import ShardedTeacher, build_tiny_moe_teacher, shard_teacher
+from tide_lightning.models import (
+    ShardedTeacher,
+    build_student,
+    build_tiny_moe_teacher,
+    setup_teacher,
+    shard_teacher,
+)
 
 VOCAB = 64
 MASK = 63
@@ -167,3 +176,44 @@ def test_backend_none_is_the_plain_teacher():
     wrapped.end_step()  # no-op without a process group
     with pytest.raises(ValueError, match="'fsdp3'"):
         shard_teacher(teacher, backend="fsdp3")
+
+
+class _DistillWithShardedTeacher(L.LightningModule):
+    """Holds the teacher as the real module does, built in ``setup`` (process group exists)."""
+
+    def __init__(self, teacher_dir: str):
+        super().__init__()
+        self.student = build_student(VOCAB, 32, 1, 4, mask_token_id=MASK, seed=0)
+        self.teacher_dir = teacher_dir
+        self.teacher = None
+
+    def setup(self, stage):
+        self.teacher = setup_teacher("tiny_moe", self.teacher_dir, guard_timeout_s=30)
+
+    def training_step(self, batch, _):
+        x0 = batch[0]
+        xt = x0.masked_fill(torch.arange(x0.shape[1]) % 2 == 0, MASK)
+        sel = xt == MASK
+        s = self.student.forward_train(xt, x0, sel, 4)
+        t = self.teacher.logits(xt, sel)
+        self.teacher.end_step()
+        assert self.teacher.teacher.backend == "deepspeed" and self.teacher.is_frozen()
+        return F.kl_div(
+            F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean"
+        )
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.timeout(600)
+def test_trainer_fit_with_ddp_student_and_zero3_teacher(tmp_path):
+    build_tiny_moe_teacher(VOCAB, MASK, seed=0).save_pretrained(tmp_path / "teacher")
+    module = _DistillWithShardedTeacher(str(tmp_path / "teacher"))
+    data = DataLoader(TensorDataset(torch.randint(0, 60, (8, 8))), batch_size=2)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, data)
