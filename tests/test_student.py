@@ -11,7 +11,13 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from tide_lightning.models import BD3LMStudent, build_student, load_student
-from tide_lightning.models.masks import bd3lm_batch_mask, bd3lm_mask_mod, position_ids_from_mask
+from tide_lightning.models.masks import (
+    bd3lm_batch_mask,
+    bd3lm_mask_mod,
+    position_ids_from_mask,
+    prefix_block_mask,
+    to_additive,
+)
 
 VOCAB = 64
 MASK = 62
@@ -256,3 +262,19 @@ def test_published_layout_with_the_real_qwen3_tokenizer(qwen3, tmp_path):
     student.save_pretrained(tmp_path, tokenizer=qwen3)
     loaded, tok = load_student(tmp_path, attention="sdpa")
     assert loaded.mask_token_id == 151669 and loaded.vocab_size == 151936 and len(tok) == 151670
+
+
+def test_prefix_block_mask_hand_worked():
+    # Prefix of 2 (first key is left padding), then two committed blocks of 2.
+    valid = torch.tensor([[False, True, True, True, True, True]])
+    causal = prefix_block_mask(valid, query_len=4, block_size=2, bidirectional_query=False)[0, 0]
+    assert causal.int().tolist() == [
+        [0, 1, 1, 1, 0, 0],  # query 2 (block 1): valid prefix and its own block
+        [0, 1, 1, 1, 0, 0],
+        [0, 1, 1, 1, 1, 1],  # query 4 (block 2): everything valid before and in its block
+        [0, 1, 1, 1, 1, 1],
+    ]
+    noisy = prefix_block_mask(valid, query_len=4, block_size=2, bidirectional_query=True)[0, 0]
+    assert noisy.int().tolist() == [[0, 1, 1, 1, 1, 1]] * 4
+    additive = to_additive(torch.tensor([True, False]), torch.float32)
+    assert additive.tolist() == [0.0, torch.finfo(torch.float32).min]
