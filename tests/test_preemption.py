@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -186,10 +187,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _fake_scontrol(bin_dir: Path, log: Path) -> None:
+def _fake_scontrol(bin_dir: Path, log: Path, snapshot: tuple[Path, Path] | None = None) -> None:
+    """``scontrol`` that appends its arguments to ``log`` and, with ``snapshot = (src,
+    dst)``, copies the checkpoint ``src`` as it is on disk at the moment of the call."""
     bin_dir.mkdir()
+    lines = ["#!/bin/sh", f'echo "$@" >> "{log}"']
+    if snapshot is not None:
+        lines.append(f'[ -f "{snapshot[0]}" ] && cp "{snapshot[0]}" "{snapshot[1]}"')
     script = bin_dir / "scontrol"
-    script.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\n')
+    script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)
 
 
@@ -265,16 +271,20 @@ def _records(record: Path, rank: int) -> list[dict]:
 @pytest.mark.timeout(400)
 def test_signal_checkpoints_requeues_and_resumes_exactly(tmp_path: Path) -> None:
     requeue_log = tmp_path / "scontrol.log"
-    _fake_scontrol(tmp_path / "bin", requeue_log)
+    run_dir = tmp_path / "preempted"
+    last, at_requeue = run_dir / "checkpoints" / "last.ckpt", tmp_path / "at_requeue.ckpt"
+    _fake_scontrol(tmp_path / "bin", requeue_log, snapshot=(last, at_requeue))
 
     _launch(tmp_path, tmp_path / "reference", tmp_path / "rec_reference")
     assert not requeue_log.exists()  # no signal, no requeue
 
-    run_dir = tmp_path / "preempted"
     _launch(tmp_path, run_dir, tmp_path / "rec_first", signal_at=f"{SIGNAL_STEP}:1")
     assert requeue_log.read_text().split("\n") == [f"requeue {JOB_ID}", ""]
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # SLURM may kill the job right after the requeue: the relaunch must do with the
+    # checkpoint that was complete on disk when scontrol ran.
+    ckpt = torch.load(at_requeue, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == SIGNAL_STEP
+    shutil.copyfile(at_requeue, last)
 
     _launch(tmp_path, run_dir, tmp_path / "rec_relaunch")
     assert requeue_log.read_text().count("requeue") == 1
