@@ -36,6 +36,10 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/loss_memory.py
 	$(BIN)/python benchmarks/alignment_throughput.py
+	$(BIN)/python benchmarks/teacher_sharding.py
+	$(BIN)/python benchmarks/data_throughput.py
+	$(BIN)/python benchmarks/step_overhead.py
+	$(BIN)/python benchmarks/humaneval_canonical.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
