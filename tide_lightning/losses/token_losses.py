@@ -29,17 +29,21 @@ def _zero(like: Tensor) -> Tensor:
 
 
 def _interpolated_kl_kernel(temperature: float):
+    inv_t = 1.0 / temperature
+
     def kernel(s: Tensor, z: Tensor, lam: Tensor, coef: Tensor, need_grad: bool):
-        z = z.float()
-        lam = lam[:, None]
-        log_q = F.log_softmax(s / temperature, dim=-1)
-        log_r = F.log_softmax(((1.0 - lam) * s + lam * z) / temperature, dim=-1)
+        # In-place where possible: a slice costs about four float32 [n, V] buffers.
+        log_q = F.log_softmax(s * inv_t, dim=-1)
+        mix = torch.lerp(s, z.float(), lam[:, None]).mul_(inv_t)
+        log_r = F.log_softmax(mix, dim=-1)
+        del mix
         r = log_r.exp()
-        kl = torch.where(r > 0, r * (log_r - log_q), 0.0).sum(-1)
+        diff = log_r.sub_(log_q).masked_fill_(r == 0, 0.0)  # r log r = 0 where r = 0
+        kl = torch.linalg.vecdot(r, diff)
         grad = None
         if need_grad:
             # r is detached: d KL(r || q) / ds = (q - r) / T.
-            grad = (log_q.exp_() - r) * (coef / temperature)[:, None]
+            grad = log_q.exp_().sub_(r).mul_((coef * inv_t)[:, None])
         return (coef * kl).sum(), grad
 
     return kernel
@@ -94,16 +98,19 @@ def forward_kl_loss(
 
 
 def _reverse_kl_kernel(temperature: float):
+    inv_t = 1.0 / temperature
+
     def kernel(s: Tensor, z: Tensor, coef: Tensor, need_grad: bool):
-        log_q = F.log_softmax(s / temperature, dim=-1)
-        log_p = F.log_softmax(z.float() / temperature, dim=-1)
+        log_q = F.log_softmax(s * inv_t, dim=-1)
+        log_p = F.log_softmax(z.float() * inv_t, dim=-1)
         q = log_q.exp()
-        diff = torch.where(q > 0, log_q - log_p, 0.0)
-        kl = (q * diff).sum(-1)
+        diff = log_q.sub_(log_p).masked_fill_(q == 0, 0.0)
+        del log_p
+        kl = torch.linalg.vecdot(q, diff)
         grad = None
         if need_grad:
             # d/ds_j sum_k q_k (log q_k - log p_k) = q_j (a_j - KL) / T.
-            grad = q * (diff - kl[:, None]) * (coef / temperature)[:, None]
+            grad = diff.sub_(kl[:, None]).mul_(q).mul_((coef * inv_t)[:, None])
         return (coef * kl).sum(), grad
 
     return kernel
@@ -134,8 +141,8 @@ def _weighted_ce_kernel(s: Tensor, targets: Tensor, coef: Tensor, need_grad: boo
     ce = lse - s.gather(1, targets[:, None]).squeeze(1)
     grad = None
     if need_grad:
-        grad = torch.softmax(s, dim=-1)
-        grad.scatter_add_(1, targets[:, None], -torch.ones_like(grad[:, :1]))
+        grad = (s - lse[:, None]).exp_()
+        grad.scatter_add_(1, targets[:, None], -torch.ones_like(lse[:, None]))
         grad.mul_(coef[:, None])
     return (coef * ce).sum(), grad
 
