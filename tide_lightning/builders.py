@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from tide_lightning.callbacks import DataSkipLogger
 from tide_lightning.config import RunConfig, SourceConfig, TokenizerConfig
 from tide_lightning.data import DistillDataModule, SourceSpec, open_source
 from tide_lightning.data.sources import SkipLog
@@ -345,6 +346,7 @@ def build_trainer(config: RunConfig, callbacks: list | None = None) -> L.Trainer
         callbacks=[
             checkpoints,
             LearningRateMonitor("step"),
+            DataSkipLogger(),
             PreemptionCheckpoint(Path(config.run_dir) / "checkpoints" / "last.ckpt"),
             *(callbacks or []),
         ],
