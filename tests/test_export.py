@@ -1,4 +1,4 @@
-"""Export: training checkpoint (file, FSDP-sharded, DeepSpeed) -> HF directory that samples alike."""
+"""Export: a checkpoint (file, FSDP-sharded, DeepSpeed dir) -> an HF dir that samples alike."""
 
 from __future__ import annotations
 
@@ -96,7 +96,8 @@ def test_fsdp_sharded_checkpoint_directory_is_consolidated(tmp_path, small_bpe):
 
     student, checkpoint = make_run(tmp_path, small_bpe)
     sharded = tmp_path / "checkpoints" / "last.ckpt"
-    save({"model": checkpoint.pop("state_dict")}, storage_writer=FileSystemWriter(sharded), no_dist=True)  # fmt: skip
+    weights = {"model": checkpoint.pop("state_dict")}
+    save(weights, storage_writer=FileSystemWriter(sharded), no_dist=True)
     torch.save(checkpoint, sharded / "meta.pt")
     loaded = load_training_checkpoint(sharded)
     assert loaded["global_step"] == 3
@@ -136,7 +137,7 @@ engine.save_checkpoint(sys.argv[2], client_state=state, tag="checkpoint")
 
 @pytest.mark.slow
 def test_deepspeed_zero3_checkpoint_directory_is_consolidated(tmp_path, small_bpe):
-    """A real ZeRO-3 checkpoint written by DeepSpeed (gloo, one CPU process), saved as Lightning does."""
+    """A real ZeRO-3 checkpoint by DeepSpeed (gloo, one CPU process), laid out as Lightning's."""
     student, checkpoint = make_run(tmp_path, small_bpe)
     torch.save(checkpoint, tmp_path / "state.pt")
     ds_dir = tmp_path / "checkpoints" / "last.ckpt"

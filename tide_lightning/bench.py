@@ -47,6 +47,8 @@ class Measurement:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+AR_MODE = "autoregressive (HF generate)"
+
 # A run returns (useful tokens, tokens per step or None).
 Run = Callable[[], tuple[int, float | None]]
 
@@ -156,6 +158,8 @@ def bench_runs(
     eos_id: int | None = None,
     pad_id: int = 0,
     recompute_prefix: bool = False,
+    ar_prompt: Sequence[int] | None = None,
+    ar_eos_id: int | None = None,
 ) -> dict[str, Run]:
     """The modes of ``bench``: sampler at one token per step and in threshold mode, and AR.
 
@@ -170,6 +174,8 @@ def bench_runs(
         pad_id: padding id.
         recompute_prefix: also time both sampler modes with the prefix re-encoded at
             every block (the published sampler's behaviour).
+        ar_prompt: the prompt in the AR model's tokenizer (default ``prompt``).
+        ar_eos_id: the AR model's stop id (default ``eos_id``).
 
     Returns:
         Mode name to :data:`Run`.
@@ -184,8 +190,12 @@ def bench_runs(
             runs[f"bd3lm {label}, prefix recomputed"] = sampler_run(
                 student, prompt, eos_id, recompute_prefix=True, **common, **options
             )
-    runs["autoregressive (HF generate)"] = autoregressive_run(
-        ar_model, prompt, new_tokens, eos_id, pad_id
+    runs[AR_MODE] = autoregressive_run(
+        ar_model,
+        prompt if ar_prompt is None else ar_prompt,
+        new_tokens,
+        eos_id if ar_eos_id is None else ar_eos_id,
+        pad_id,
     )
     return runs
 

@@ -264,6 +264,7 @@ def load_any(
     dtype: torch.dtype | None = None,
     attention: str = "sdpa",
     tokenizer_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
 ) -> LoadedStudent:
     """Load a student for sampling from an exported directory or a training checkpoint.
 
@@ -273,6 +274,7 @@ def load_any(
         dtype: parameter dtype (default bf16 on CUDA, float32 on CPU).
         attention: ``"auto" | "sdpa" | "flex"``.
         tokenizer_dir: overrides the tokenizer of a training checkpoint.
+        device: where the model goes (default CUDA when available, else CPU).
 
     Returns:
         :class:`LoadedStudent`.
@@ -294,6 +296,6 @@ def load_any(
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
         _check_tokenizer(tokenizer, student)
-    if torch.cuda.is_available():
-        student = student.cuda()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    student = student.to(device)
     return LoadedStudent(student.eval(), tokenizer, int(block_size or DEFAULT_BLOCK_SIZE))
