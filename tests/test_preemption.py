@@ -213,9 +213,6 @@ def _slurm_env(rank: int, port: int, bin_dir: Path, record: Path, signal_at: str
         SLURM_NODELIST="127.0.0.1",
         SLURM_PROCID=str(rank),
         SLURM_LOCALID=str(rank),
-        # srun does not set LOCAL_RANK, and DeepSpeed's zero.Init (teacher sharding) reads
-        # it; remove this line once the module exports it from Lightning's local rank.
-        LOCAL_RANK=str(rank),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",

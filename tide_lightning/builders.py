@@ -327,6 +327,7 @@ def build_trainer(config: RunConfig, callbacks: list | None = None) -> L.Trainer
         every_n_train_steps=tr.checkpoint_every_n_steps,
         save_top_k=-1,
         save_last=True,
+        enable_version_counter=False,  # a preemption's last.ckpt is overwritten, not last-v1
     )
     return L.Trainer(
         accelerator=tr.accelerator,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -117,6 +118,8 @@ class DistillationModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.teacher is None and self._teacher_factory is not None:
+            # DeepSpeed (teacher sharding) reads LOCAL_RANK, which srun does not set.
+            os.environ.setdefault("LOCAL_RANK", str(self.local_rank))
             self.teacher = TeacherHolder(self._teacher_factory())
 
     def on_fit_start(self) -> None:
