@@ -253,13 +253,12 @@ def _cross_step(student, teacher, batch, s: ObjectiveSettings, progress, gen) ->
 
 
 def _chunk_time(t: Tensor, chunk_ids: Tensor, active: Tensor) -> Tensor:
-    """Per-block times: a chunk takes the time of its first student token."""
+    """Per-block times Float[B, L] -> the mean time of each active chunk's tokens, Float[C_active]."""
     num_chunks = active.shape[1]
-    first = torch.full(active.shape, chunk_ids.shape[1] - 1, device=t.device, dtype=torch.long)
-    pos = torch.arange(chunk_ids.shape[1], device=t.device).expand_as(chunk_ids)
-    slot = torch.where(chunk_ids >= 0, chunk_ids, num_chunks)
-    first = torch.cat([first, first[:, :1]], 1).scatter_reduce(1, slot, pos, "amin")[:, :num_chunks]
-    return torch.gather(t, 1, first)[active]
+    # chunk_log_probs is a per-chunk scatter-sum; here it sums times and token counts.
+    total = chunk_log_probs(t, chunk_ids, num_chunks)
+    count = chunk_log_probs(torch.ones_like(t), chunk_ids, num_chunks)
+    return (total / count.clamp(min=1))[active]
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-#: float32 elements per row slice (16 MB); at V = 151,936 this is 27 rows.
-CHUNK_ELEMENTS = 1 << 22
+#: float32 elements per row slice (8 MB); at V = 151,936 this is 13 rows.
+CHUNK_ELEMENTS = 1 << 21
 
 Kernel = Callable[..., tuple[Tensor, Tensor | None]]
 
