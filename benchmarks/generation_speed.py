@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=512)
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--prompt-lengths", type=int, nargs="+", default=[32, 448])
+    parser.add_argument("--prompt-lengths", type=int, nargs="+", default=[32, 448, 1024])
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)

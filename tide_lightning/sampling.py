@@ -183,7 +183,7 @@ def _select_rows(cache: BlockCache, rows: Tensor) -> BlockCache:
     )
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     student,
     prompts: Sequence[Sequence[int]],
