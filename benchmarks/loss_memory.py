@@ -109,9 +109,13 @@ def main() -> None:
     diffs = max_differences(args.n, args.vocab)
 
     mib = 1024**2
-    print(f"N = {args.n} masked positions, V = {args.vocab}, float32, 1 thread, median of {args.repeats}")
-    print(f"{'loss':<12} {'peak extra (MiB)':>28} {'ratio':>7} {'time (s)':>22} {'ratio':>7} "
-          f"{'|dloss|':>9} {'max|dgrad|':>11}")
+    print(
+        f"N = {args.n} masked positions, V = {args.vocab}, float32, 1 thread, median of {args.repeats}"
+    )
+    print(
+        f"{'loss':<12} {'peak extra (MiB)':>28} {'ratio':>7} {'time (s)':>22} {'ratio':>7} "
+        f"{'|dloss|':>9} {'max|dgrad|':>11}"
+    )
     for loss in ("tidal", "forward_kl"):
         ours, naive = results[f"{loss}/chunked"], results[f"{loss}/naive"]
         mem_ratio = ours["peak_extra_bytes"] / naive["peak_extra_bytes"]

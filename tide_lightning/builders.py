@@ -233,7 +233,9 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
     if config.student.path is not None:  # the checkpoint's own tokenizer, with <|mask|>
         student_tok = load_student_tokenizer(config.student.path)
     else:
-        student_tok = build_tokenizer(config.student.tokenizer, specs, run_dir / "student_tokenizer")
+        student_tok = build_tokenizer(
+            config.student.tokenizer, specs, run_dir / "student_tokenizer"
+        )
     teacher_tok = teacher_tokenizer_of(config, specs, run_dir)
     student = _student(config, student_tok)
 
