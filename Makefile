@@ -18,6 +18,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
 	$(BIN)/python -m pip install --quiet --no-build-isolation -r requirements.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -e .
+	# The lm-evaluation-harness adapter is tested against lm-eval's model API only; its heavy
+	# dependencies (datasets, evaluate, ...) are needed to run benchmarks, not the tests.
+	$(BIN)/python -m pip install --quiet --no-deps "lm-eval>=0.4.8,<0.5"
 	touch $(STAMP)
 
 demo: install
