@@ -37,16 +37,52 @@ class Spy:
     def parameters(self):
         return self.student.parameters()
 
-    def prefill(self, *args):
-        return self.student.prefill(*args)
+    def extend_and_forward_block(self, cache, clean, clean_pos, block, positions, bk, pad, at):
+        logits = self.student.extend_and_forward_block(
+            cache, clean, clean_pos, block, positions, bk, pad
+        )
+        return self._seen(block, positions, logits, at)
 
-    def extend_cache(self, *args):
-        return self.student.extend_cache(*args)
+    def forward_block(self, cache, block, positions, logits_at=None):
+        return self._seen(
+            block, positions, self.student.forward_block(cache, block, positions), logits_at
+        )
 
-    def forward_block(self, cache, block, positions):
+    def _seen(self, block, positions, logits, logits_at):
         self.blocks.append((block.clone(), positions.clone()))
-        logits = self.student.forward_block(cache, block, positions)
-        return logits if self.bonus is None else self.bonus(logits, positions)
+        if self.bonus is not None:
+            logits = self.bonus(logits, positions)
+        return logits if logits_at is None else logits[logits_at]
+
+
+def reference_generate(
+    student, prompt, max_new_tokens, block_size, steps_per_block=None, threshold=None
+):
+    """Cache-free greedy decoding of one unpadded prompt: every step is a ``forward_train``
+    over ``[xt ; x0]`` with the committed tokens clean and the current block noisy."""
+    mask_id = student.mask_token_id
+    prompt = torch.tensor([prompt])
+    tokens = torch.empty(1, 0, dtype=torch.long)
+    for _ in range(0, max_new_tokens, block_size):
+        block = torch.full((1, block_size), mask_id)
+        counts = transfer_schedule(block_size, steps_per_block or block_size)
+        step = 0
+        while (block == mask_id).any():
+            x0 = torch.cat([prompt, tokens, block], dim=1)
+            at = torch.zeros_like(x0, dtype=torch.bool)
+            at[:, -block_size:] = True
+            logits = student.forward_train(x0, x0, at, block_size).view(1, block_size, -1)
+            logits[..., mask_id] = -torch.inf
+            candidates, confidence = propose(logits, 0.0, "low_confidence")
+            masked = block == mask_id
+            if threshold is None:
+                commit = select_commits(confidence, masked, k=counts[step])
+            else:
+                commit = select_commits(confidence, masked, threshold=threshold)
+            block = torch.where(commit, candidates, block)
+            step += 1
+        tokens = torch.cat([tokens, block], dim=1)
+    return tokens[0]
 
 
 def test_transfer_schedule_hand_values():
@@ -121,6 +157,18 @@ def test_order_is_block_by_block_with_fewer_steps(student):
     assert out.steps.tolist() == [4] * 3 and out.tokens_per_step() == 2.0
     for row in out.order.tolist():
         assert sorted(row[:4]) == [0, 0, 1, 1] and sorted(row[4:]) == [2, 2, 3, 3]
+
+
+@pytest.mark.parametrize(("steps_per_block", "threshold"), [(None, None), (2, None), (None, 0.05)])
+def test_cached_decoding_equals_a_cache_free_reference(student, steps_per_block, threshold):
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16]]  # multiples of Bk: no padding
+    kw = dict(max_new_tokens=12, block_size=4, steps_per_block=steps_per_block, threshold=threshold)
+    for prompt in prompts:
+        with torch.no_grad():
+            want = reference_generate(student, prompt, **kw)
+        for recompute in (False, True):
+            got = generate(student, [prompt], pad_id=PAD, recompute_prefix=recompute, **kw)
+            assert torch.equal(got.tokens[0], want)
 
 
 def test_left_padded_batch_decodes_each_prompt_as_alone(student):

@@ -106,9 +106,10 @@ def test_block_by_block_with_cache_equals_full_forward():
     cache = student.prefill(x0[:, :0], pos[:, :0], all_positions(x0[:, :0]), bk)
     for start in range(0, length, bk):
         block = slice(start, start + bk)
-        before = cache.keys
+        before = [k.clone() for k in cache.keys]
         logits = student.forward_block(cache, xt[:, block], pos[:, block])
-        assert cache.keys is before and cache.length == start  # not mutated
+        # Nothing committed: the block's keys only went to scratch slots past the prefix.
+        assert cache.length == start and all(map(torch.equal, cache.keys, before))
         torch.testing.assert_close(logits, full[:, block], atol=1e-5, rtol=1e-5)
         cache = student.extend_cache(cache, x0[:, block], pos[:, block])
     assert cache.length == length and len(cache.keys) == student.num_layers
@@ -116,6 +117,59 @@ def test_block_by_block_with_cache_equals_full_forward():
     prefilled = student.prefill(x0[:, :8], pos[:, :8], all_positions(x0[:, :8]), bk)
     logits = student.forward_block(prefilled, xt[:, 8:], pos[:, 8:])
     torch.testing.assert_close(logits, full[:, 8:], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_one_forward_commit_and_denoise_equals_two_forwards():
+    student = tiny_student()
+    bk = 4
+    x0 = ids(2, 12, seed=5)
+    valid = torch.ones_like(x0, dtype=torch.bool)
+    valid[1, :3] = False  # left padding in row 1's prompt
+    pos = position_ids_from_mask(valid)
+    noisy = torch.full((2, bk), MASK)
+    noisy[:, 1] = 7
+    noisy_pos = pos[:, -1:] + 1 + torch.arange(bk)
+    two = student.prefill(x0[:, :8], pos[:, :8], valid[:, :8], bk)
+    two = student.extend_cache(two, x0[:, 8:], pos[:, 8:])
+    want = student.forward_block(two, noisy, noisy_pos)
+    # The prompt and one committed block: with an empty cache, then with a prefilled one.
+    one = student.prefill(x0[:, :0], pos[:, :0], valid[:, :0], bk)
+    at = noisy == MASK
+    got = student.extend_and_forward_block(one, x0, pos, noisy, noisy_pos, bk, valid, logits_at=at)
+    torch.testing.assert_close(got, want[at], atol=1e-5, rtol=1e-5)
+    assert one.length == 12 and torch.equal(one.key_valid, valid)
+    for a, b in zip(one.keys + one.values, two.keys + two.values, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    stepwise = student.prefill(x0[:, :8], pos[:, :8], valid[:, :8], bk)
+    got = student.extend_and_forward_block(stepwise, x0[:, 8:], pos[:, 8:], noisy, noisy_pos, bk)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="multiple of the block size"):
+        student.extend_and_forward_block(stepwise, x0[:, :2], pos[:, :2], noisy, noisy_pos, bk)
+
+
+@torch.no_grad()
+def test_cache_grows_past_its_capacity_and_selects_rows():
+    student = tiny_student()
+    x0 = ids(3, 16, seed=6)
+    pos = torch.arange(16)[None].expand(3, -1)
+    roomy = student.prefill(x0[:, :4], pos[:, :4], all_positions(x0[:, :4]), 4, capacity=16)
+    tight = student.prefill(x0[:, :4], pos[:, :4], all_positions(x0[:, :4]), 4)
+    assert roomy.capacity == 16 and tight.capacity == 4
+    for start in (4, 8):
+        for cache in (roomy, tight):
+            student.extend_cache(cache, x0[:, start : start + 4], pos[:, start : start + 4])
+    assert tight.capacity >= 12 and roomy.capacity == 16 and tight.length == roomy.length == 12
+    for a, b in zip(tight.keys + tight.values, roomy.keys + roomy.values, strict=True):
+        torch.testing.assert_close(a, b)
+    block, block_pos = torch.full((3, 4), MASK), pos[:, 12:]
+    full = student.forward_block(roomy, block, block_pos)
+    rows = torch.tensor([True, False, True])
+    kept = roomy.select_rows(rows)
+    assert kept.batch_size == 2 and kept.length == 12
+    torch.testing.assert_close(
+        student.forward_block(kept, block[rows], block_pos[rows]), full[rows]
+    )
 
 
 @torch.no_grad()

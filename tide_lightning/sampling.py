@@ -108,34 +108,42 @@ def propose(
     temperature: float,
     remasking: str,
     generator: torch.Generator | None = None,
+    at: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Candidate tokens and their confidence for every position of a block.
+    """Candidate tokens and their confidence for the positions of a block.
 
     Args:
-        logits: Float[B, Q, V].
+        logits: Float[B, Q, V], or Float[N, V] for the ``at`` positions only (row-major).
         temperature: 0 for greedy argmax; otherwise Gumbel-max sampling of
             ``softmax(logits / temperature)``.
         remasking: ``"low_confidence"`` (confidence = softmax probability of the
             candidate under the raw logits) or ``"random"`` (a uniform draw).
         generator: random source for the Gumbel noise and the random scores.
+        at: Bool[B, Q] positions the rows of a 2-D ``logits`` belong to. Random draws
+            are made for the whole ``[B, Q]`` block and then restricted to ``at``, so a
+            seeded run does not depend on which positions were asked for.
 
     Returns:
-        ``(candidates, confidence)``: Long[B, Q] and Float[B, Q].
+        ``(candidates, confidence)``: Long and Float, shaped like ``logits[..., 0]``.
     """
     if remasking not in REMASKING:
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
     logits = logits.float()
+    shape = logits.shape[:-1] if at is None else at.shape
+
+    def draw(*size: int, dtype=torch.float32) -> Tensor:
+        noise = torch.rand(size, generator=generator, device=logits.device, dtype=dtype)
+        return noise if at is None else noise[at]
+
     if temperature > 0:
-        uniform = torch.rand(
-            logits.shape, generator=generator, device=logits.device, dtype=torch.float64
+        gumbel = -torch.log(
+            -torch.log(draw(*shape, logits.shape[-1], dtype=torch.float64).clamp_min(1e-20))
         )
-        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
         candidates = (logits.double() / temperature + gumbel).argmax(-1)
     else:
         candidates = logits.argmax(-1)
     if remasking == "random":
-        shape = candidates.shape
-        confidence = torch.rand(shape, generator=generator, device=logits.device)
+        confidence = draw(*shape)
     else:
         log_z = logits.logsumexp(-1)
         picked = logits.gather(-1, candidates[..., None]).squeeze(-1)
@@ -175,14 +183,6 @@ def select_commits(
     return chosen & masked
 
 
-def _select_rows(cache: BlockCache, rows: Tensor) -> BlockCache:
-    return BlockCache(
-        tuple(k[rows] for k in cache.keys),
-        tuple(v[rows] for v in cache.values),
-        cache.key_valid[rows],
-    )
-
-
 @torch.inference_mode()
 def generate(
     student,
@@ -201,8 +201,8 @@ def generate(
     """Decode continuations of a batch of prompts block by block.
 
     Args:
-        student: a :class:`~tide_lightning.models.BD3LMStudent` (``prefill``,
-            ``forward_block``, ``extend_cache``, ``mask_token_id``).
+        student: a :class:`~tide_lightning.models.BD3LMStudent`
+            (``extend_and_forward_block``, ``forward_block``, ``mask_token_id``).
         prompts: B lists of prompt token ids (no padding).
         max_new_tokens: ``N``; the last block is shortened when ``N % Bk != 0``.
         block_size: ``Bk``.
@@ -231,39 +231,45 @@ def generate(
     mask_id = student.mask_token_id
     ids, valid = left_pad(prompts, block_size, pad_id, device)
     lengths = valid.sum(-1)
-    positions = position_ids_from_mask(valid)
 
     fill = pad_id if eos_id is None else eos_id
     tokens = torch.full((batch, max_new_tokens), fill, dtype=torch.long, device=device)
     order = torch.full((batch, max_new_tokens), -1, dtype=torch.long, device=device)
     steps = torch.zeros(batch, dtype=torch.long, device=device)
     live = torch.arange(batch, device=device)  # rows still generating
-    cache = None if recompute_prefix else student.prefill(ids, positions, valid, block_size)
+    cache = None
+    last = None  # (ids, positions) of the committed block the cache does not hold yet
 
     for start in range(0, max_new_tokens, block_size):
         width = min(block_size, max_new_tokens - start)
         block_pos = lengths[live, None] + start + torch.arange(width, device=device)
-        if recompute_prefix:
-            prefix_ids = torch.cat([ids[live], tokens[live, :start]], dim=1)
-            done = torch.ones_like(prefix_ids[:, valid.shape[1] :], dtype=torch.bool)
-            prefix_valid = torch.cat([valid[live], done], dim=1)
-            cache = student.prefill(
-                prefix_ids, position_ids_from_mask(prefix_valid), prefix_valid, block_size
-            )
+        if cache is None or recompute_prefix:
+            # The whole prefix (prompt and committed blocks) goes into a fresh cache.
+            clean_ids = torch.cat([ids[live], tokens[live, :start]], dim=1)
+            done = torch.ones_like(clean_ids[:, ids.shape[1] :], dtype=torch.bool)
+            clean_valid = torch.cat([valid[live], done], dim=1)
+            clean_pos = position_ids_from_mask(clean_valid)
+            room = clean_ids.shape[1] + (width if recompute_prefix else max_new_tokens - start)
+            cache = BlockCache.empty(len(live), device, room)
+        else:
+            (clean_ids, clean_pos), clean_valid = last, None
         block = torch.full((len(live), width), mask_id, dtype=torch.long, device=device)
         block_order = torch.full_like(block, -1)
         schedule = None
         if threshold is None:
             schedule = transfer_schedule(width, max(1, round(steps_per_block * width / block_size)))
         first_step = steps[live, None].clone()
+        masked = torch.ones_like(block, dtype=torch.bool)
+        # The first denoising step shares its forward with committing the previous block.
+        logits = student.extend_and_forward_block(
+            cache, clean_ids, clean_pos, block, block_pos, block_size, clean_valid, masked
+        )
         step = 0
         while True:
-            masked = block == mask_id
-            if not masked.any():
-                break
-            logits = student.forward_block(cache, block, block_pos)
-            logits[..., mask_id] = -math.inf  # committing a mask would undo the step
-            candidates, confidence = propose(logits, temperature, remasking, generator)
+            logits[:, mask_id] = -math.inf  # committing a mask would undo the step
+            candidates, confidence = propose(logits, temperature, remasking, generator, masked)
+            candidates = block.masked_scatter(masked, candidates)
+            confidence = torch.zeros(block.shape, device=device).masked_scatter(masked, confidence)
             if schedule is not None:
                 commit = select_commits(confidence, masked, k=schedule[step])
             else:
@@ -272,17 +278,20 @@ def generate(
             block_order = torch.where(commit, first_step + step, block_order)
             step += 1
             steps[live] += masked.any(-1).long()  # threshold mode: rows finish at different steps
+            masked = block == mask_id
+            if not masked.any():
+                break
+            logits = student.forward_block(cache, block, block_pos, logits_at=masked)
         tokens[live, start : start + width] = block
         order[live, start : start + width] = block_order
         if eos_id is not None:
             keep = ~(block == eos_id).any(-1)
-            live, block, block_pos = live[keep], block[keep], block_pos[keep]
-            if not recompute_prefix and not bool(keep.all()):
-                cache = _select_rows(cache, keep)
+            if not bool(keep.all()):
+                live, block, block_pos = live[keep], block[keep], block_pos[keep]
+                cache = cache.select_rows(keep)
         if len(live) == 0 or start + width >= max_new_tokens:
             break
-        if not recompute_prefix:
-            cache = student.extend_cache(cache, block, block_pos, None, block_size)
+        last = (block, block_pos)
     return SampleOutput(tokens, order, steps)
 
 

@@ -1,85 +1,139 @@
-"""An immutable key/value cache for block-by-block decoding.
+"""A preallocated key/value cache for block-by-block decoding.
 
-transformers' own caches mutate in place on every forward, which is wrong for
-block diffusion: a block is denoised over several forwards against the same
-prefix, and only the committed (clean) block may be appended. Here a forward gets a
-:class:`CacheRecorder` view: attention layers read ``prefix + new`` keys/values
-through the ``update(key, value, layer_idx)`` call transformers makes, the new ones
-are recorded, and :meth:`CacheRecorder.extended` builds a *new* cache only when the
-caller commits. The cache never changes after construction.
+Block diffusion denoises a block over several forwards against the same prefix, and
+only the committed (clean) block may join the prefix. transformers' own caches append
+on every forward, and the earlier version of this file rebuilt ``prefix + new`` with a
+``torch.cat`` per layer at every denoising step, copying the whole prefix each time.
+
+Here each layer owns one buffer of ``capacity`` positions, allocated once. The cache
+is passed to the model as its transformers cache (``update`` / ``get_seq_length``): a
+forward writes its new keys/values into the *scratch* slots ``[P, P + Q)`` right after
+the ``P`` committed ones and attention reads the view ``[:P + Q]``. Nothing is copied,
+and nothing committed changes: :meth:`BlockCache.commit` is the only way to grow ``P``,
+and it just advances the length over keys/values a forward already wrote. A noisy
+block's keys/values stay in the scratch slots, where the next forward overwrites them.
+
+The cache is therefore mutable, unlike the tuples it replaces: share it between two
+decoding streams only if neither commits.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 
-@dataclass(frozen=True)
 class BlockCache:
-    """Cached keys/values of a clean prefix.
-
-    Attributes:
-        keys: per layer Float[B, H_kv, P, D] (empty tuple when ``P == 0``).
-        values: per layer Float[B, H_kv, P, D].
-        key_valid: Bool[B, P], ``False`` for left padding.
-    """
-
-    keys: tuple[Tensor, ...]
-    values: tuple[Tensor, ...]
-    key_valid: Tensor
-
-    @staticmethod
-    def empty(batch_size: int, device=None) -> BlockCache:
-        """A cache with no tokens."""
-        return BlockCache((), (), torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
-
-    @property
-    def length(self) -> int:
-        """``P``, the number of cached positions (padding included)."""
-        return self.key_valid.shape[1]
-
-
-class CacheRecorder:
-    """Duck-typed transformers cache: serves ``prefix + new`` and records ``new``.
+    """Per-layer key/value buffers of a clean prefix, ``P`` positions committed.
 
     Args:
-        cache: the prefix; never modified.
+        batch_size: ``B``.
+        capacity: positions to preallocate (grown on demand; ``P + max_new_tokens`` avoids
+            any regrowth while decoding).
+        device: where the buffers go.
     """
 
-    def __init__(self, cache: BlockCache) -> None:
-        self.cache = cache
-        self.new_keys: dict[int, Tensor] = {}
-        self.new_values: dict[int, Tensor] = {}
+    def __init__(self, batch_size: int, capacity: int = 0, device=None) -> None:
+        self.batch_size = batch_size
+        self.capacity = capacity
+        self.length = 0
+        self._keys: dict[int, Tensor] = {}
+        self._values: dict[int, Tensor] = {}
+        self._valid = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
+        self._memo: tuple[tuple, Tensor] | None = None
+
+    @staticmethod
+    def empty(batch_size: int, device=None, capacity: int = 0) -> BlockCache:
+        """A cache with no committed tokens."""
+        return BlockCache(batch_size, capacity, device)
+
+    @property
+    def keys(self) -> tuple[Tensor, ...]:
+        """Committed keys, per layer Float[B, H_kv, P, D] (views; empty tuple before any forward)."""
+        return tuple(self._keys[i][:, :, : self.length] for i in sorted(self._keys))
+
+    @property
+    def values(self) -> tuple[Tensor, ...]:
+        """Committed values, per layer Float[B, H_kv, P, D] (views)."""
+        return tuple(self._values[i][:, :, : self.length] for i in sorted(self._values))
+
+    @property
+    def key_valid(self) -> Tensor:
+        """Bool[B, P], ``False`` for left padding."""
+        return self._valid[:, : self.length]
+
+    def _reserve(self, needed: int) -> None:
+        """Raise ``capacity`` to hold ``needed`` positions (at least doubling: amortised O(1))."""
+        if needed > self.capacity:
+            self.capacity = max(needed, 2 * self.capacity)
+
+    def _fit(self, buffer: Tensor | None, like: Tensor) -> Tensor:
+        """``buffer``, reallocated to ``capacity`` positions on dim -2 if smaller."""
+        if buffer is not None and buffer.shape[-2] >= self.capacity:
+            return buffer
+        batch, heads, _, dim = like.shape
+        grown = like.new_empty(batch, heads, self.capacity, dim)
+        if buffer is not None:
+            grown[:, :, : self.length] = buffer[:, :, : self.length]
+        return grown
 
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
-        """Return the keys/values attention should use at ``layer_idx``: Float[B, H_kv, P+Q, D]."""
-        self.new_keys[layer_idx] = key_states
-        self.new_values[layer_idx] = value_states
-        if not self.cache.keys:
-            return key_states, value_states
-        keys = torch.cat([self.cache.keys[layer_idx], key_states], dim=-2)
-        values = torch.cat([self.cache.values[layer_idx], value_states], dim=-2)
-        return keys, values
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.cache.length
-
-    def extended(self, new_valid: Tensor) -> BlockCache:
-        """A new cache with the recorded keys/values appended.
+        """transformers' cache hook: write ``Q`` new keys/values to scratch, return all ``P + Q``.
 
         Args:
-            new_valid: Bool[B, Q] validity of the recorded positions.
+            key_states: Float[B, H_kv, Q, D] keys of the tokens being run.
+            value_states: Float[B, H_kv, Q, D].
+            layer_idx: decoder layer.
+
+        Returns:
+            ``(keys, values)``: views Float[B, H_kv, P + Q, D] of the layer's buffers.
         """
-        layers = sorted(self.new_keys)
-        keys, values = [], []
-        for i in layers:
-            old_k = self.cache.keys[i] if self.cache.keys else None
-            old_v = self.cache.values[i] if self.cache.values else None
-            new_k, new_v = self.new_keys[i].detach(), self.new_values[i].detach()
-            keys.append(new_k if old_k is None else torch.cat([old_k, new_k], dim=-2))
-            values.append(new_v if old_v is None else torch.cat([old_v, new_v], dim=-2))
-        valid = torch.cat([self.cache.key_valid, new_valid], dim=1)
-        return BlockCache(tuple(keys), tuple(values), valid)
+        end = self.length + key_states.shape[-2]
+        self._reserve(end)
+        keys = self._keys[layer_idx] = self._fit(self._keys.get(layer_idx), key_states)
+        values = self._values[layer_idx] = self._fit(self._values.get(layer_idx), value_states)
+        keys[:, :, self.length : end] = key_states.detach()
+        values[:, :, self.length : end] = value_states.detach()
+        return keys[:, :, :end], values[:, :, :end]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def commit(self, count: int, valid: Tensor | None = None) -> None:
+        """Make the first ``count`` scratch positions (written by the last forward) committed.
+
+        Args:
+            count: positions to commit.
+            valid: Bool[B, count] validity of those positions, or None (all real).
+        """
+        end = self.length + count
+        self._reserve(end)
+        if self._valid.shape[1] < self.capacity:
+            grown = self._valid.new_zeros(self.batch_size, self.capacity)
+            grown[:, : self.length] = self._valid[:, : self.length]
+            self._valid = grown
+        self._valid[:, self.length : end] = True if valid is None else valid.bool()
+        self.length = end
+
+    def select_rows(self, rows: Tensor) -> BlockCache:
+        """A new cache holding only ``rows`` (Bool[B] or Long[B'] index) of this one."""
+        out = BlockCache(0, 0, self._valid.device)
+        out._valid = self._valid[rows]
+        out.batch_size = out._valid.shape[0]
+        out.capacity, out.length = self.capacity, self.length
+        out._keys = {i: k[rows] for i, k in self._keys.items()}
+        out._values = {i: v[rows] for i, v in self._values.items()}
+        return out
+
+    def memo(self, key: tuple, build: Callable[[], Tensor]) -> Tensor:
+        """``build()``, reused while ``key`` and the committed length stay the same.
+
+        Decoding asks for the same attention mask at every step of a block; it only
+        changes when something is committed (or ``key`` differs), so it is built once.
+        """
+        key = (self.length, *key)
+        if self._memo is None or self._memo[0] != key:
+            self._memo = (key, build())
+        return self._memo[1]

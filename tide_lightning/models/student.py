@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForMaskedLM, Qwen3Config, Qwen3ForCausalLM
 
 from tide_lightning.models import masks
-from tide_lightning.models.kv_cache import BlockCache, CacheRecorder
+from tide_lightning.models.kv_cache import BlockCache
 
 STUDENT_MODEL_TYPES = ("a2d-qwen3", "qwen3")
 MASK_TOKEN = "<|mask|>"
@@ -181,8 +181,17 @@ class BD3LMStudent(nn.Module):
     def _dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
 
+    def _head_at(self, hidden: Tensor, logits_at: Tensor | None) -> Tensor:
+        """LM head on all of ``hidden`` (Float[B, Q, H]) or only on its ``logits_at`` rows."""
+        return self._head(hidden if logits_at is None else hidden[logits_at])
+
     def prefill(
-        self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, block_size: int
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor,
+        block_size: int,
+        capacity: int | None = None,
     ) -> BlockCache:
         """Encode a clean, left-padded prefix block-causally and cache its keys/values.
 
@@ -192,12 +201,28 @@ class BD3LMStudent(nn.Module):
                 (:func:`tide_lightning.models.masks.position_ids_from_mask`).
             attention_mask: Bool[B, P] real tokens.
             block_size: ``Bk``.
+            capacity: positions to preallocate (default ``P``; ``P + max_new_tokens``
+                avoids regrowing the buffers while decoding).
 
         Returns:
-            A new :class:`BlockCache` holding the ``P`` keys/values per layer.
+            A new :class:`BlockCache` with ``P`` committed keys/values per layer.
         """
-        empty = BlockCache.empty(input_ids.shape[0], input_ids.device)
-        return self.extend_cache(empty, input_ids, position_ids, attention_mask, block_size)
+        batch, length = input_ids.shape
+        cache = BlockCache.empty(batch, input_ids.device, max(length, capacity or 0))
+        return self.extend_cache(cache, input_ids, position_ids, attention_mask, block_size)
+
+    def _noisy_block_mask(self, cache: BlockCache, query_len: int) -> Tensor:
+        """Additive Float[B, 1, Q, P + Q]: a fully real noisy block over the cache, built once."""
+
+        def build() -> Tensor:
+            new = torch.ones(
+                cache.batch_size, query_len, dtype=torch.bool, device=cache.key_valid.device
+            )
+            keys = torch.cat([cache.key_valid, new], dim=1)
+            mask = masks.prefix_block_mask(keys, query_len, 1, bidirectional_query=True)
+            return masks.to_additive(mask, self._dtype())
+
+        return cache.memo(("noisy", query_len, self._dtype()), build)
 
     def forward_block(
         self,
@@ -205,26 +230,33 @@ class BD3LMStudent(nn.Module):
         block_ids: Tensor,
         position_ids: Tensor,
         key_padding: Tensor | None = None,
+        logits_at: Tensor | None = None,
     ) -> Tensor:
-        """Logits of one (partly masked) block attending the cache; the cache is not changed.
+        """Logits of one (partly masked) block attending the cache; nothing is committed.
+
+        The block's keys/values go to the cache's scratch slots only (see
+        :mod:`tide_lightning.models.kv_cache`): ``cache.length`` and the committed
+        keys/values are the same afterwards.
 
         Args:
             cache: prefix keys/values.
-            block_ids: Long[B, Bk].
-            position_ids: Long[B, Bk].
-            key_padding: Bool[B, Bk] real tokens of the block, or None (all real).
+            block_ids: Long[B, Q], ``Q <= Bk``.
+            position_ids: Long[B, Q].
+            key_padding: Bool[B, Q] real tokens of the block, or None (all real; the
+                attention mask is then built once per cache state and reused).
+            logits_at: Bool[B, Q] positions whose logits are wanted, or None (all).
 
         Returns:
-            Float[B, Bk, V].
+            Float[B, Q, V], or Float[N, V] in ``block_ids[logits_at]`` order.
         """
-        valid = torch.ones_like(block_ids, dtype=torch.bool) if key_padding is None else key_padding
-        keys = torch.cat([cache.key_valid, valid.bool()], dim=1)
-        mask = masks.prefix_block_mask(keys, block_ids.shape[1], 1, bidirectional_query=True)
-        recorder = CacheRecorder(cache)
-        hidden = self._hidden(
-            block_ids, position_ids, masks.to_additive(mask, self._dtype()), recorder
-        )
-        return self._head(hidden)
+        if key_padding is None:
+            mask = self._noisy_block_mask(cache, block_ids.shape[1])
+        else:
+            keys = torch.cat([cache.key_valid, key_padding.bool()], dim=1)
+            mask = masks.prefix_block_mask(keys, block_ids.shape[1], 1, bidirectional_query=True)
+            mask = masks.to_additive(mask, self._dtype())
+        hidden = self._hidden(block_ids, position_ids, mask, cache)
+        return self._head_at(hidden, logits_at)
 
     def extend_cache(
         self,
@@ -234,17 +266,17 @@ class BD3LMStudent(nn.Module):
         key_padding: Tensor | None = None,
         block_size: int | None = None,
     ) -> BlockCache:
-        """Append committed clean tokens to the cache (clean-half rule: block-causal).
+        """Append committed clean tokens to the cache in place (clean-half rule: block-causal).
 
         Args:
-            cache: prefix keys/values (not modified).
+            cache: prefix keys/values; ``Q`` positions are committed to it.
             block_ids: Long[B, Q] committed ids, ``Q`` a multiple of ``block_size``.
             position_ids: Long[B, Q].
             key_padding: Bool[B, Q] real tokens, or None.
             block_size: ``Bk``; defaults to ``Q`` (one block).
 
         Returns:
-            A new :class:`BlockCache` with ``Q`` more keys/values.
+            ``cache`` itself, now ``Q`` positions longer.
         """
         if block_ids.shape[1] == 0:
             return cache
@@ -252,9 +284,61 @@ class BD3LMStudent(nn.Module):
         keys = torch.cat([cache.key_valid, valid.bool()], dim=1)
         size = block_ids.shape[1] if block_size is None else block_size
         mask = masks.prefix_block_mask(keys, block_ids.shape[1], size, bidirectional_query=False)
-        recorder = CacheRecorder(cache)
-        self._hidden(block_ids, position_ids, masks.to_additive(mask, self._dtype()), recorder)
-        return recorder.extended(valid.bool())
+        self._hidden(block_ids, position_ids, masks.to_additive(mask, self._dtype()), cache)
+        cache.commit(block_ids.shape[1], valid)
+        return cache
+
+    def extend_and_forward_block(
+        self,
+        cache: BlockCache,
+        clean_ids: Tensor,
+        clean_positions: Tensor,
+        block_ids: Tensor,
+        block_positions: Tensor,
+        block_size: int,
+        clean_padding: Tensor | None = None,
+        logits_at: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`extend_cache` with ``clean_ids`` and :meth:`forward_block` after it, in one forward.
+
+        The forward runs ``[clean ; block]``: the clean tokens block-causally over the
+        cache (they never see the noisy block), the noisy block bidirectionally within
+        itself over the cache and every clean token. The clean tokens are committed.
+
+        Args:
+            cache: prefix keys/values, ``P`` committed (``P + Q_c`` a multiple of ``Bk``).
+            clean_ids: Long[B, Q_c] ids to commit, ``Q_c`` a multiple of ``block_size``
+                (may be 0).
+            clean_positions: Long[B, Q_c].
+            block_ids: Long[B, Q] the noisy block, ``Q <= block_size``.
+            block_positions: Long[B, Q].
+            block_size: ``Bk``.
+            clean_padding: Bool[B, Q_c] real clean tokens, or None (all real).
+            logits_at: Bool[B, Q] block positions whose logits are wanted, or None (all).
+
+        Returns:
+            The noisy block's logits as :meth:`forward_block` returns them.
+        """
+        clean = clean_ids.shape[1]
+        if (cache.length + clean) % block_size or block_ids.shape[1] > block_size:
+            raise ValueError(
+                f"cache {cache.length} + clean {clean} must be a multiple of the block size "
+                f"{block_size} and the noisy block ({block_ids.shape[1]}) at most one block"
+            )
+        if clean_padding is None:
+            clean_padding = torch.ones_like(clean_ids, dtype=torch.bool)
+        noisy = torch.ones_like(block_ids, dtype=torch.bool)
+        keys = torch.cat([cache.key_valid, clean_padding.bool(), noisy], dim=1)
+        total = clean + block_ids.shape[1]
+        mask = masks.prefix_block_mask(keys, total, block_size, bidirectional_query=False)
+        hidden = self._hidden(
+            torch.cat([clean_ids, block_ids], dim=1),
+            torch.cat([clean_positions, block_positions], dim=1),
+            masks.to_additive(mask, self._dtype()),
+            cache,
+        )
+        cache.commit(clean, clean_padding)
+        return self._head_at(hidden[:, clean:], logits_at)
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute each decoder layer in backward (trades compute for activation memory)."""
