@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from tide_lightning.alignment import ChunkAlignment, byte_table
 
 
@@ -79,11 +81,15 @@ def test_checker_rejects_misaligned_and_splittable_chunks(qwen3, mistral_v1):
     check_invariants(good, qwen3, mistral_v1, text)
     shifted = [(a, b, c + 1, d + 1) for a, b, c, d in good.chunks[:-1]]
     with pytest.raises(AssertionError):
-        check_invariants(dataclasses.replace(good, chunks=shifted), qwen3, mistral_v1, text)
+        check_invariants(
+            dataclasses.replace(good, spans=np.array(shifted)), qwen3, mistral_v1, text
+        )
     merged = [(good.chunks[0][0], good.chunks[1][1], good.chunks[0][2], good.chunks[1][3])]
     with pytest.raises(AssertionError):
         check_invariants(
-            dataclasses.replace(good, chunks=merged, student_left_out=0, teacher_left_out=0),
+            dataclasses.replace(
+                good, spans=np.array(merged), student_left_out=0, teacher_left_out=0
+            ),
             qwen3,
             mistral_v1,
             text,

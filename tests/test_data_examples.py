@@ -102,7 +102,7 @@ def test_text_example_all_maskable(tok):
 
 def test_cross_example_chunk_ids_and_fill():
     al = SimpleNamespace(
-        student_ids=[10, 11, 12], teacher_ids=[1, 20, 21], chunks=[(0, 2, 1, 2), (2, 3, 2, 3)]
+        student_ids=[10, 11, 12], teacher_ids=[1, 20, 21], spans=[(0, 2, 1, 2), (2, 3, 2, 3)]
     )
     ex = cross_example(al, [True, False, False], [True, True, False], block_size=4, eos_id=EOS)
     assert ex.input_ids == [10, 11, 12, EOS]

@@ -145,7 +145,7 @@ def align_messages(
     return ChatAlignment(
         student_ids=base.student_ids,
         teacher_ids=base.teacher_ids,
-        chunks=base.chunks,
+        spans=base.spans,
         student_left_out=base.student_left_out,
         teacher_left_out=base.teacher_left_out,
         student_prompt=s_prompt,

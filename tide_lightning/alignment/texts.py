@@ -22,22 +22,29 @@ class ChunkAlignment:
     Attributes:
         student_ids: the student tokenizer's ids, special tokens as it adds them.
         teacher_ids: the teacher tokenizer's ids, likewise.
-        chunks: `(s_start, s_end, t_start, t_end)` half-open token ranges, in order,
-            disjoint, each the minimal span whose byte strings coincide on both sides.
+        spans: int64[C, 4] rows `(s_start, s_end, t_start, t_end)`: half-open token
+            ranges, in order, disjoint, each the minimal span whose byte strings coincide
+            on both sides. Kept as one array (the data pipeline consumes it vectorised);
+            :attr:`chunks` gives the same rows as a list of tuples.
         student_left_out: student tokens in no chunk (BOS, template, cut or normalised text).
         teacher_left_out: teacher tokens in no chunk.
     """
 
     student_ids: list[int]
     teacher_ids: list[int]
-    chunks: list[tuple[int, int, int, int]] = field(default_factory=list)
+    spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int64))
     student_left_out: int = 0
     teacher_left_out: int = 0
 
     @property
+    def chunks(self) -> list[tuple[int, int, int, int]]:
+        """The chunks as `(s_start, s_end, t_start, t_end)` tuples (built on access)."""
+        return [tuple(row) for row in self.spans.tolist()]
+
+    @property
     def num_chunks(self) -> int:
         """Number of chunks."""
-        return len(self.chunks)
+        return len(self.spans)
 
     def coverage(self) -> float:
         """Share of student tokens inside a chunk (1.0 for an empty encoding)."""
@@ -141,7 +148,7 @@ def make_alignment(student_ids: list[int], teacher_ids: list[int], rows: np.ndar
     return ChunkAlignment(
         student_ids=list(student_ids),
         teacher_ids=list(teacher_ids),
-        chunks=[tuple(r) for r in rows.tolist()],
+        spans=np.asarray(rows, dtype=np.int64).reshape(-1, 4),
         student_left_out=len(student_ids) - s_in,
         teacher_left_out=len(teacher_ids) - t_in,
     )

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tide_lightning.alignment.tensors import chunk_id_array
+
 
 @dataclass
 class Example:
@@ -140,8 +142,8 @@ def cross_example(
     the CE term. Teacher tokens are maskable where they are not prompt.
 
     Args:
-        alignment: object with ``student_ids``, ``teacher_ids`` and ``chunks``, a
-            list of half-open (s0, s1, t0, t1) token ranges.
+        alignment: a :class:`~tide_lightning.alignment.ChunkAlignment` (``spans`` holds
+            the half-open (s0, s1, t0, t1) token ranges).
         student_prompt: per student token, True for prompt/template; None = none.
         teacher_prompt: per teacher token, likewise.
         block_size: diffusion block size (student side).
@@ -155,10 +157,8 @@ def cross_example(
     t_mask = [not p for p in teacher_prompt] if teacher_prompt is not None else [True] * len(t_ids)
     if not any(s_mask):
         return None
-    s_chunk, t_chunk = [-1] * len(s_ids), [-1] * len(t_ids)
-    for c, (s0, s1, t0, t1) in enumerate(alignment.chunks):
-        s_chunk[s0:s1] = [c] * (s1 - s0)
-        t_chunk[t0:t1] = [c] * (t1 - t0)
+    s_chunk = chunk_id_array(alignment.spans, len(s_ids), "student").tolist()
+    t_chunk = chunk_id_array(alignment.spans, len(t_ids), "teacher").tolist()
     n = len(s_ids)
     s_ids, s_mask = fill_to_block(s_ids, s_mask, eos_id, block_size)
     s_chunk += [-1] * (len(s_ids) - n)
