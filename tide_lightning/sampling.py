@@ -140,15 +140,12 @@ def propose(
             -torch.log(draw(*shape, logits.shape[-1], dtype=torch.float64).clamp_min(1e-20))
         )
         candidates = (logits.double() / temperature + gumbel).argmax(-1)
-    else:
-        candidates = logits.argmax(-1)
-    if remasking == "random":
-        confidence = draw(*shape)
-    else:
-        log_z = logits.logsumexp(-1)
         picked = logits.gather(-1, candidates[..., None]).squeeze(-1)
-        confidence = (picked - log_z).exp()
-    return candidates, confidence
+    else:
+        picked, candidates = logits.max(-1)  # ties: the first index, as argmax
+    if remasking == "random":
+        return candidates, draw(*shape)
+    return candidates, (picked - logits.logsumexp(-1)).exp()
 
 
 def select_commits(
@@ -259,6 +256,7 @@ def generate(
         if threshold is None:
             schedule = transfer_schedule(width, max(1, round(steps_per_block * width / block_size)))
         first_step = steps[live, None].clone()
+        block_steps = torch.zeros_like(first_step[:, 0])
         masked = torch.ones_like(block, dtype=torch.bool)
         # The first denoising step shares its forward with committing the previous block.
         logits = student.extend_and_forward_block(
@@ -277,11 +275,12 @@ def generate(
             block = torch.where(commit, candidates, block)
             block_order = torch.where(commit, first_step + step, block_order)
             step += 1
-            steps[live] += masked.any(-1).long()  # threshold mode: rows finish at different steps
+            block_steps += masked.any(-1)  # threshold mode: rows finish at different steps
             masked = block == mask_id
             if not masked.any():
                 break
             logits = student.forward_block(cache, block, block_pos, logits_at=masked)
+        steps[live] += block_steps
         tokens[live, start : start + width] = block
         order[live, start : start + width] = block_order
         if eos_id is not None:

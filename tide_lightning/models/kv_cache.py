@@ -42,7 +42,7 @@ class BlockCache:
         self._keys: dict[int, Tensor] = {}
         self._values: dict[int, Tensor] = {}
         self._valid = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
-        self._memo: tuple[tuple, Tensor] | None = None
+        self._memo: dict[str, tuple[tuple, object]] = {}
 
     @staticmethod
     def empty(batch_size: int, device=None, capacity: int = 0) -> BlockCache:
@@ -127,13 +127,40 @@ class BlockCache:
         out._values = {i: v[rows] for i, v in self._values.items()}
         return out
 
-    def memo(self, key: tuple, build: Callable[[], Tensor]) -> Tensor:
+    def memo(self, name: str, key: tuple, build: Callable[[], object]):
         """``build()``, reused while ``key`` and the committed length stay the same.
 
-        Decoding asks for the same attention mask at every step of a block; it only
-        changes when something is committed (or ``key`` differs), so it is built once.
+        Every step of a block asks for the same attention mask and the same rotary
+        embeddings of the block's positions; they only change when something is
+        committed, so they are built once per block. ``key`` may hold tensors (compared
+        by value, which costs far less than rebuilding).
+
+        Args:
+            name: what is memoised (one entry per name).
+            key: everything ``build`` depends on besides the committed state.
+            build: computes the value.
         """
         key = (self.length, *key)
-        if self._memo is None or self._memo[0] != key:
-            self._memo = (key, build())
-        return self._memo[1]
+        entry = self._memo.get(name)
+        if entry is None or not _same(entry[0], key):
+            entry = self._memo[name] = (key, build())
+        return entry[1]
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Element-wise equality of two keys; tensors by shape, dtype and value."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if isinstance(x, Tensor) or isinstance(y, Tensor):
+            if not (
+                isinstance(x, Tensor)
+                and isinstance(y, Tensor)
+                and x.shape == y.shape
+                and x.dtype == y.dtype
+                and torch.equal(x, y)
+            ):
+                return False
+        elif x != y:
+            return False
+    return True

@@ -118,6 +118,38 @@ class BD3LMStudent(nn.Module):
         )
         return out.last_hidden_state
 
+    def _decode_hidden(
+        self, input_ids: Tensor, position_ids: Tensor, mask: Tensor, cache
+    ) -> Tensor:
+        """:meth:`_hidden` for cached decoding, calling the decoder layers directly.
+
+        Same modules in the same order as ``Qwen3Model.forward`` given a ready 4-D mask,
+        minus its per-call machinery (keyword deprecation, config-default merging,
+        output capture, mask preprocessing that returns the 4-D mask unchanged). On a
+        small model on CPU that machinery is about a tenth of a denoising step, which is
+        paid at every step. Every layer gets the same mask, as ``Qwen3Model`` does when
+        handed a 4-D one, so sliding-window layers are not supported here.
+        """
+        backbone = self.model.model
+        if backbone.has_sliding_layers:
+            return self._hidden(input_ids, position_ids, mask, cache)
+        hidden = backbone.embed_tokens(input_ids)
+        rope = cache.memo(
+            "rope",
+            (position_ids.clone(), hidden.dtype),
+            lambda: backbone.rotary_emb(hidden, position_ids),
+        )
+        for layer in backbone.layers[: backbone.config.num_hidden_layers]:
+            hidden = layer(
+                hidden,
+                attention_mask=mask,
+                position_ids=position_ids,
+                position_embeddings=rope,
+                use_cache=True,
+                **{_CACHE_KWARG: cache},
+            )
+        return backbone.norm(hidden)
+
     def _head(self, hidden: Tensor) -> Tensor:
         return self.model.lm_head(hidden)
 
@@ -222,7 +254,7 @@ class BD3LMStudent(nn.Module):
             mask = masks.prefix_block_mask(keys, query_len, 1, bidirectional_query=True)
             return masks.to_additive(mask, self._dtype())
 
-        return cache.memo(("noisy", query_len, self._dtype()), build)
+        return cache.memo("noisy_mask", (query_len, self._dtype()), build)
 
     def forward_block(
         self,
@@ -255,7 +287,7 @@ class BD3LMStudent(nn.Module):
             keys = torch.cat([cache.key_valid, key_padding.bool()], dim=1)
             mask = masks.prefix_block_mask(keys, block_ids.shape[1], 1, bidirectional_query=True)
             mask = masks.to_additive(mask, self._dtype())
-        hidden = self._hidden(block_ids, position_ids, mask, cache)
+        hidden = self._decode_hidden(block_ids, position_ids, mask, cache)
         return self._head_at(hidden, logits_at)
 
     def extend_cache(
@@ -284,7 +316,7 @@ class BD3LMStudent(nn.Module):
         keys = torch.cat([cache.key_valid, valid.bool()], dim=1)
         size = block_ids.shape[1] if block_size is None else block_size
         mask = masks.prefix_block_mask(keys, block_ids.shape[1], size, bidirectional_query=False)
-        self._hidden(block_ids, position_ids, masks.to_additive(mask, self._dtype()), cache)
+        self._decode_hidden(block_ids, position_ids, masks.to_additive(mask, self._dtype()), cache)
         cache.commit(block_ids.shape[1], valid)
         return cache
 
@@ -331,7 +363,7 @@ class BD3LMStudent(nn.Module):
         keys = torch.cat([cache.key_valid, clean_padding.bool(), noisy], dim=1)
         total = clean + block_ids.shape[1]
         mask = masks.prefix_block_mask(keys, total, block_size, bidirectional_query=False)
-        hidden = self._hidden(
+        hidden = self._decode_hidden(
             torch.cat([clean_ids, block_ids], dim=1),
             torch.cat([clean_positions, block_positions], dim=1),
             masks.to_additive(mask, self._dtype()),
