@@ -24,6 +24,7 @@ from tide_lightning import plots
 from tide_lightning.metrics import BinnedMean
 from tide_lightning.models.frozen import TeacherHolder
 from tide_lightning.objective import ObjectiveSettings, StepOutput, distill_step
+from tide_lightning.schedules import lambda_train
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,6 @@ class DistillationModule(L.LightningModule):
         return out.loss
 
     def _lambda_train(self) -> float:
-        from tide_lightning.schedules import lambda_train
-
         o = self.objective
         return lambda_train(self.progress, o.lambda_init, o.lambda_max, o.lambda_shape)
 
