@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STEPS = 2
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 
 def _clean_env() -> dict:
@@ -76,6 +76,7 @@ def test_trainer_devices_2_spawns_the_second_rank(tmp_path: Path) -> None:
     _assert_two_ranks_trained(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_fabric_run_launches_both_ranks(tmp_path: Path) -> None:
     fabric, tide = BIN / "fabric", BIN / "tide"
     if not (fabric.is_file() and tide.is_file()):
