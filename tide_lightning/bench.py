@@ -4,15 +4,21 @@ What is measured (batch 1): *useful* tokens per second, i.e. generated tokens be
 the first EOS over wall time, after warm-up runs; on CUDA also the peak allocated
 memory. The modes are run round-robin and each keeps its fastest repeat, because on
 a shared machine the slow outliers are other people's work, not ours: interleaving
-makes every mode see the same background load.
+makes every mode see the same background load. The median repeat is reported too, as
+a check that the fastest one is not a fluke.
 
 The autoregressive baseline is Hugging Face ``generate`` (greedy, KV cache) on a
 ``Qwen3ForCausalLM``; without a given model, :func:`ar_baseline_like` builds one with
 the student's width, depth and vocabulary, whose speed does not depend on its weights.
+It runs under ``torch.inference_mode`` like the sampler: ``generate`` itself only
+disables gradients, which on a small CPU model costs it about a tenth of its speed, a
+handicap that has nothing to do with the decoding method. ``ar_no_grad=True`` adds a
+row for ``generate`` exactly as it ships.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +40,7 @@ class Measurement:
         seconds: its wall time.
         peak_memory_mb: peak CUDA memory allocated over all repeats, None on CPU.
         tokens_per_step: average tokens committed per denoising step (sampler only).
+        median_seconds: wall time of the median repeat.
     """
 
     name: str
@@ -41,6 +48,7 @@ class Measurement:
     seconds: float
     peak_memory_mb: float | None = None
     tokens_per_step: float | None = None
+    median_seconds: float | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -48,6 +56,7 @@ class Measurement:
 
 
 AR_MODE = "autoregressive (HF generate)"
+AR_NO_GRAD_MODE = "autoregressive (HF generate, no_grad only)"
 
 # A run returns (useful tokens, tokens per step or None).
 Run = Callable[[], tuple[int, float | None]]
@@ -85,6 +94,7 @@ def measure(
             run()
     best: dict[str, tuple[int, float, float | None]] = {}
     peaks: dict[str, float] = {}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
             if device.type == "cuda":
@@ -97,10 +107,16 @@ def measure(
             if device.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(device) / 2**20
                 peaks[name] = max(peaks.get(name, 0.0), peak)
+            times[name].append(seconds)
             rate = tokens / seconds
             if name not in best or rate > best[name][0] / best[name][1]:
                 best[name] = (tokens, seconds, per_step)
-    return [Measurement(name, *best[name][:2], peaks.get(name), best[name][2]) for name in runs]
+    return [
+        Measurement(
+            name, *best[name][:2], peaks.get(name), best[name][2], statistics.median(times[name])
+        )
+        for name in runs
+    ]
 
 
 def ar_baseline_like(student, seed: int = 0) -> Qwen3ForCausalLM:
@@ -126,13 +142,21 @@ def sampler_run(student, prompt: Sequence[int], eos_id: int | None, **sampling) 
 
 
 def autoregressive_run(
-    model, prompt: Sequence[int], new_tokens: int, eos_id: int | None, pad_id: int
+    model,
+    prompt: Sequence[int],
+    new_tokens: int,
+    eos_id: int | None,
+    pad_id: int,
+    inference_mode: bool = True,
 ) -> Run:
-    """Greedy HF ``generate`` with KV cache, batch 1, as a :data:`Run`."""
+    """Greedy HF ``generate`` with KV cache, batch 1, as a :data:`Run`.
+
+    ``inference_mode=False`` runs it as it ships (``generate`` only disables gradients).
+    """
     device = next(model.parameters()).device
     ids = torch.tensor([list(prompt)], device=device)
 
-    @torch.no_grad()
+    @torch.inference_mode(inference_mode)
     def run() -> tuple[int, float | None]:
         out = model.generate(
             ids,
@@ -160,6 +184,7 @@ def bench_runs(
     recompute_prefix: bool = False,
     ar_prompt: Sequence[int] | None = None,
     ar_eos_id: int | None = None,
+    ar_no_grad: bool = False,
 ) -> dict[str, Run]:
     """The modes of ``bench``: sampler at one token per step and in threshold mode, and AR.
 
@@ -176,6 +201,7 @@ def bench_runs(
             every block (the published sampler's behaviour).
         ar_prompt: the prompt in the AR model's tokenizer (default ``prompt``).
         ar_eos_id: the AR model's stop id (default ``eos_id``).
+        ar_no_grad: also time ``generate`` as it ships (no_grad, not inference mode).
 
     Returns:
         Mode name to :data:`Run`.
@@ -190,13 +216,16 @@ def bench_runs(
             runs[f"bd3lm {label}, prefix recomputed"] = sampler_run(
                 student, prompt, eos_id, recompute_prefix=True, **common, **options
             )
-    runs[AR_MODE] = autoregressive_run(
+    ar_args = (
         ar_model,
         prompt if ar_prompt is None else ar_prompt,
         new_tokens,
         eos_id if ar_eos_id is None else ar_eos_id,
         pad_id,
     )
+    runs[AR_MODE] = autoregressive_run(*ar_args)
+    if ar_no_grad:
+        runs[AR_NO_GRAD_MODE] = autoregressive_run(*ar_args, inference_mode=False)
     return runs
 
 
@@ -204,8 +233,8 @@ def format_table(measurements: Sequence[Measurement], baseline: str | None = Non
     """A Markdown table; ``baseline`` names the row the speed ratios are taken against."""
     reference = next((m for m in measurements if m.name == baseline), None)
     lines = [
-        "| mode | tokens | seconds | tokens/s | vs AR | tokens/step | peak MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | tokens | seconds | tokens/s | vs AR | tokens/step | peak MiB | median s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m in measurements:
         ratio = (
@@ -215,8 +244,9 @@ def format_table(measurements: Sequence[Measurement], baseline: str | None = Non
         )
         per_step = "-" if m.tokens_per_step is None else f"{m.tokens_per_step:.2f}"
         memory = "n/a" if m.peak_memory_mb is None else f"{m.peak_memory_mb:.0f}"
+        median = "-" if m.median_seconds is None else f"{m.median_seconds:.3f}"
         lines.append(
             f"| {m.name} | {m.tokens} | {m.seconds:.3f} | {m.tokens_per_second:.1f} | {ratio} "
-            f"| {per_step} | {memory} |"
+            f"| {per_step} | {memory} | {median} |"
         )
     return "\n".join(lines) + "\n"
