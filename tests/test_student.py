@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from tide_lightning.models import BD3LMStudent, build_student, load_student
 from tide_lightning.models.masks import (
+    appended_block_mask,
     bd3lm_batch_mask,
     bd3lm_mask_mod,
     position_ids_from_mask,
@@ -193,6 +194,19 @@ def test_left_padded_prompt_matches_unpadded():
     other = student.prefill(padded.masked_fill(~valid, 7), pos, valid, bk)
     torch.testing.assert_close(student.forward_block(other, block, block_pos), got)
     assert torch.isfinite(got).all()
+    # Dropping the padding keys (then attention runs with no mask) changes nothing, and the
+    # next block still starts a block of its own although 2 is not a multiple of Bk.
+    compact = cache.without_padding()
+    assert compact.length == 2 and compact.key_valid.all() and cache.length == 4
+    torch.testing.assert_close(student.forward_block(compact, block, block_pos), got)
+    nxt = torch.full((1, bk), MASK)
+    padded_logits = student.extend_and_forward_block(
+        cache, block, block_pos, nxt, block_pos + bk, bk
+    )
+    compact_logits = student.extend_and_forward_block(
+        compact, block, block_pos, nxt, block_pos + bk, bk
+    )
+    torch.testing.assert_close(compact_logits, padded_logits, atol=1e-5, rtol=1e-5)
 
 
 def test_gradient_checkpointing_gives_same_gradients():
@@ -332,3 +346,22 @@ def test_prefix_block_mask_hand_worked():
     assert noisy.int().tolist() == [[0, 1, 1, 1, 1, 1]] * 4
     additive = to_additive(torch.tensor([True, False]), torch.float32)
     assert additive.tolist() == [0.0, torch.finfo(torch.float32).min]
+
+
+def test_appended_block_mask_counts_blocks_from_the_new_tokens():
+    # A prefix of 3 keys (the first one padding), then 4 new tokens in blocks of 2.
+    valid = torch.tensor([[False, True, True, True, True, True, True]])
+    causal = appended_block_mask(valid, query_len=4, block_size=2, bidirectional_query=False)
+    assert causal[0, 0].int().tolist() == [
+        [0, 1, 1, 1, 1, 0, 0],  # first new block: valid prefix and itself
+        [0, 1, 1, 1, 1, 0, 0],
+        [0, 1, 1, 1, 1, 1, 1],  # second new block: everything valid before and in it
+        [0, 1, 1, 1, 1, 1, 1],
+    ]
+    # With a prefix that is a multiple of the block size it is prefix_block_mask.
+    valid = torch.rand(2, 10, generator=torch.Generator().manual_seed(0)) < 0.7
+    for bidirectional in (False, True):
+        assert torch.equal(
+            appended_block_mask(valid, 6, 2, bidirectional),
+            prefix_block_mask(valid, 6, 2, bidirectional),
+        )

@@ -262,6 +262,8 @@ def generate(
         logits = student.extend_and_forward_block(
             cache, clean_ids, clean_pos, block, block_pos, block_size, clean_valid, masked
         )
+        if clean_valid is not None:
+            cache = cache.without_padding()  # one prompt: no padding left, no attention mask
         step = 0
         while True:
             logits[:, mask_id] = -math.inf  # committing a mask would undo the step
@@ -287,7 +289,7 @@ def generate(
             keep = ~(block == eos_id).any(-1)
             if not bool(keep.all()):
                 live, block, block_pos = live[keep], block[keep], block_pos[keep]
-                cache = cache.select_rows(keep)
+                cache = cache.select_rows(keep).without_padding()
         if len(live) == 0 or start + width >= max_new_tokens:
             break
         last = (block, block_pos)

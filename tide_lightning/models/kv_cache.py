@@ -65,9 +65,17 @@ class BlockCache:
         return self._valid[:, : self.length]
 
     def _reserve(self, needed: int) -> None:
-        """Raise ``capacity`` to hold ``needed`` positions (at least doubling: amortised O(1))."""
-        if needed > self.capacity:
-            self.capacity = max(needed, 2 * self.capacity)
+        """Raise ``capacity`` to hold ``needed`` positions (at least doubling: amortised O(1)).
+
+        The validity buffer grows at once; a layer's key/value buffers grow at its next
+        :meth:`update`, which comes before anything reads them.
+        """
+        if needed <= self.capacity:
+            return
+        self.capacity = max(needed, 2 * self.capacity)
+        grown = self._valid.new_zeros(self.batch_size, self.capacity)
+        grown[:, : self.length] = self._valid[:, : self.length]
+        self._valid = grown
 
     def _fit(self, buffer: Tensor | None, like: Tensor) -> Tensor:
         """``buffer``, reallocated to ``capacity`` positions on dim -2 if smaller."""
@@ -110,10 +118,6 @@ class BlockCache:
         """
         end = self.length + count
         self._reserve(end)
-        if self._valid.shape[1] < self.capacity:
-            grown = self._valid.new_zeros(self.batch_size, self.capacity)
-            grown[:, : self.length] = self._valid[:, : self.length]
-            self._valid = grown
         self._valid[:, self.length : end] = True if valid is None else valid.bool()
         self.length = end
 
@@ -125,6 +129,34 @@ class BlockCache:
         out.capacity, out.length = self.capacity, self.length
         out._keys = {i: k[rows] for i, k in self._keys.items()}
         out._values = {i: v[rows] for i, v in self._values.items()}
+        return out
+
+    def without_padding(self) -> BlockCache:
+        """This cache without the committed positions that are padding in every row.
+
+        No query ever gives such a key any weight, so dropping it changes no result; a
+        cache left with no padding at all (always the case for one prompt) lets decoding
+        run attention with no mask. Blocks are counted from the new tokens on (see
+        :func:`tide_lightning.models.masks.appended_block_mask`), so the shorter prefix
+        needs no longer be a multiple of the block size.
+
+        Returns:
+            ``self`` when nothing is dropped, else a new cache (buffers copied).
+        """
+        keep = self.key_valid.any(0)
+        if bool(keep.all()):
+            return self
+        columns = keep.nonzero()[:, 0]
+        out = BlockCache(
+            self.batch_size, len(columns) + self.capacity - self.length, self._valid.device
+        )
+        out.length = len(columns)
+        out._valid[:, : out.length] = self._valid[:, columns]
+        for mine, theirs in ((self._keys, out._keys), (self._values, out._values)):
+            for i, buffer in mine.items():
+                batch, heads, _, dim = buffer.shape
+                theirs[i] = buffer.new_empty(batch, heads, out.capacity, dim)
+                theirs[i][:, :, : out.length] = buffer[:, :, columns]
         return out
 
     def memo(self, name: str, key: tuple, build: Callable[[], object]):

@@ -112,6 +112,38 @@ def prefix_block_mask(
     return allowed | (q_idx == k_idx)[None, None]
 
 
+def appended_block_mask(
+    key_valid: Tensor, query_len: int, block_size: int, bidirectional_query: bool
+) -> Tensor:
+    """:func:`prefix_block_mask` with blocks counted from the first new token.
+
+    The prefix may have any length (e.g. a cache whose padding columns were dropped):
+    every new token sees every valid prefix key, and the new tokens, which start on a
+    block boundary of the decoded layout, are block-causal among themselves (or fully
+    bidirectional). Equal to :func:`prefix_block_mask` when the prefix length is a
+    multiple of ``block_size``.
+
+    Args:
+        key_valid: Bool[B, P + Q] validity of every key (prefix then new tokens).
+        query_len: ``Q``.
+        block_size: ``Bk``.
+        bidirectional_query: as in :func:`prefix_block_mask`.
+
+    Returns:
+        Bool[B, 1, Q, P + Q].
+    """
+    total = key_valid.shape[-1]
+    prefix = total - query_len
+    q_idx = torch.arange(query_len, device=key_valid.device)[:, None]
+    k_idx = torch.arange(total, device=key_valid.device)[None, :] - prefix
+    if bidirectional_query:
+        rule = torch.ones(query_len, total, dtype=torch.bool, device=key_valid.device)
+    else:
+        rule = (k_idx < 0) | ((k_idx // block_size) <= (q_idx // block_size))
+    allowed = rule[None, None] & key_valid.bool()[:, None, None, :]
+    return allowed | (q_idx == k_idx)[None, None]
+
+
 def to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """Boolean ``True``-attends mask to an additive one (0 where allowed, dtype min elsewhere).
 

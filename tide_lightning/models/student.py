@@ -119,7 +119,7 @@ class BD3LMStudent(nn.Module):
         return out.last_hidden_state
 
     def _decode_hidden(
-        self, input_ids: Tensor, position_ids: Tensor, mask: Tensor, cache
+        self, input_ids: Tensor, position_ids: Tensor, mask: Tensor | None, cache: BlockCache
     ) -> Tensor:
         """:meth:`_hidden` for cached decoding, calling the decoder layers directly.
 
@@ -128,11 +128,15 @@ class BD3LMStudent(nn.Module):
         output capture, mask preprocessing that returns the 4-D mask unchanged). On a
         small model on CPU that machinery is about a tenth of a denoising step, which is
         paid at every step. Every layer gets the same mask, as ``Qwen3Model`` does when
-        handed a 4-D one, so sliding-window layers are not supported here.
+        handed a 4-D one. ``mask=None`` means "every query sees every key": attention
+        then runs unmasked and non-causal, which SDPA does faster (no mask to add, and
+        grouped key/value heads are not copied out per query head).
         """
         backbone = self.model.model
-        if backbone.has_sliding_layers:
-            return self._hidden(input_ids, position_ids, mask, cache)
+        if mask is None:
+            attention = {"attention_mask": None, "is_causal": False}
+        else:
+            attention = {"attention_mask": mask}
         hidden = backbone.embed_tokens(input_ids)
         rope = cache.memo(
             "rope",
@@ -142,7 +146,7 @@ class BD3LMStudent(nn.Module):
         for layer in backbone.layers[: backbone.config.num_hidden_layers]:
             hidden = layer(
                 hidden,
-                attention_mask=mask,
+                **attention,
                 position_ids=position_ids,
                 position_embeddings=rope,
                 use_cache=True,
@@ -243,15 +247,21 @@ class BD3LMStudent(nn.Module):
         cache = BlockCache.empty(batch, input_ids.device, max(length, capacity or 0))
         return self.extend_cache(cache, input_ids, position_ids, attention_mask, block_size)
 
-    def _noisy_block_mask(self, cache: BlockCache, query_len: int) -> Tensor:
-        """Additive Float[B, 1, Q, P + Q]: a fully real noisy block over the cache, built once."""
+    def _noisy_block_mask(self, cache: BlockCache, query_len: int) -> Tensor | None:
+        """Additive Float[B, 1, Q, P + Q] for a fully real noisy block over the cache.
 
-        def build() -> Tensor:
+        Built once per cache state. None when the cache holds no padding: the noisy
+        block then sees every key and attention needs no mask.
+        """
+
+        def build() -> Tensor | None:
+            if bool(cache.key_valid.all()):
+                return None
             new = torch.ones(
                 cache.batch_size, query_len, dtype=torch.bool, device=cache.key_valid.device
             )
             keys = torch.cat([cache.key_valid, new], dim=1)
-            mask = masks.prefix_block_mask(keys, query_len, 1, bidirectional_query=True)
+            mask = masks.appended_block_mask(keys, query_len, 1, bidirectional_query=True)
             return masks.to_additive(mask, self._dtype())
 
         return cache.memo("noisy_mask", (query_len, self._dtype()), build)
@@ -285,7 +295,7 @@ class BD3LMStudent(nn.Module):
             mask = self._noisy_block_mask(cache, block_ids.shape[1])
         else:
             keys = torch.cat([cache.key_valid, key_padding.bool()], dim=1)
-            mask = masks.prefix_block_mask(keys, block_ids.shape[1], 1, bidirectional_query=True)
+            mask = masks.appended_block_mask(keys, block_ids.shape[1], 1, bidirectional_query=True)
             mask = masks.to_additive(mask, self._dtype())
         hidden = self._decode_hidden(block_ids, position_ids, mask, cache)
         return self._head_at(hidden, logits_at)
@@ -315,7 +325,7 @@ class BD3LMStudent(nn.Module):
         valid = torch.ones_like(block_ids, dtype=torch.bool) if key_padding is None else key_padding
         keys = torch.cat([cache.key_valid, valid.bool()], dim=1)
         size = block_ids.shape[1] if block_size is None else block_size
-        mask = masks.prefix_block_mask(keys, block_ids.shape[1], size, bidirectional_query=False)
+        mask = masks.appended_block_mask(keys, block_ids.shape[1], size, bidirectional_query=False)
         self._decode_hidden(block_ids, position_ids, masks.to_additive(mask, self._dtype()), cache)
         cache.commit(block_ids.shape[1], valid)
         return cache
@@ -338,7 +348,7 @@ class BD3LMStudent(nn.Module):
         itself over the cache and every clean token. The clean tokens are committed.
 
         Args:
-            cache: prefix keys/values, ``P`` committed (``P + Q_c`` a multiple of ``Bk``).
+            cache: prefix keys/values, ``P`` committed; the new tokens start a block.
             clean_ids: Long[B, Q_c] ids to commit, ``Q_c`` a multiple of ``block_size``
                 (may be 0).
             clean_positions: Long[B, Q_c].
@@ -352,17 +362,17 @@ class BD3LMStudent(nn.Module):
             The noisy block's logits as :meth:`forward_block` returns them.
         """
         clean = clean_ids.shape[1]
-        if (cache.length + clean) % block_size or block_ids.shape[1] > block_size:
+        if clean % block_size or block_ids.shape[1] > block_size:
             raise ValueError(
-                f"cache {cache.length} + clean {clean} must be a multiple of the block size "
-                f"{block_size} and the noisy block ({block_ids.shape[1]}) at most one block"
+                f"clean tokens ({clean}) must be a multiple of the block size {block_size} "
+                f"and the noisy block ({block_ids.shape[1]}) at most one block"
             )
         if clean_padding is None:
             clean_padding = torch.ones_like(clean_ids, dtype=torch.bool)
         noisy = torch.ones_like(block_ids, dtype=torch.bool)
         keys = torch.cat([cache.key_valid, clean_padding.bool(), noisy], dim=1)
         total = clean + block_ids.shape[1]
-        mask = masks.prefix_block_mask(keys, total, block_size, bidirectional_query=False)
+        mask = masks.appended_block_mask(keys, total, block_size, bidirectional_query=False)
         hidden = self._decode_hidden(
             torch.cat([clean_ids, block_ids], dim=1),
             torch.cat([clean_positions, block_positions], dim=1),
