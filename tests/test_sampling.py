@@ -150,6 +150,9 @@ def test_never_remasks_and_order_is_a_permutation(student):
     for row in out.order.tolist():  # one token per step: every step index exactly once
         assert sorted(row) == list(range(12))
     assert out.steps.tolist() == [12] * 3 and out.tokens_per_step() == 1.0
+    # One forward per denoising step and no other: committing a block shares the forward
+    # of the next block's first step (the Spy has no method for a separate commit).
+    assert len(spy.blocks) == 12
 
 
 def test_order_is_block_by_block_with_fewer_steps(student):

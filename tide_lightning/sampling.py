@@ -15,10 +15,12 @@ that token (``low_confidence``) or by a uniform draw (``random``), and commits t
 Why the cache matters: the published sampler re-encodes the whole prefix (prompt and
 every committed block) at the start of each block, so block ``n`` costs a forward over
 ``P + n Bk`` tokens on top of its denoising steps. Here the prefix's keys/values are
-computed once and each committed block is appended with one ``Bk``-token forward
-(:meth:`BD3LMStudent.extend_cache`); ``recompute_prefix=True`` restores the published
-behaviour for comparison. Rows that have produced EOS leave the batch, so a finished
-prompt costs nothing more.
+computed once, into preallocated buffers (:mod:`tide_lightning.models.kv_cache`), and
+committing block ``n`` shares its forward with the first denoising step of block
+``n + 1`` (:meth:`BD3LMStudent.extend_and_forward_block`), so a block costs exactly its
+denoising steps. ``recompute_prefix=True`` restores the published behaviour, with every
+other optimisation, for comparison. The LM head runs only at still-masked positions.
+Rows that have produced EOS leave the batch, so a finished prompt costs nothing more.
 """
 
 from __future__ import annotations

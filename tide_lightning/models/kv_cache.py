@@ -138,7 +138,7 @@ class BlockCache:
         cache left with no padding at all (always the case for one prompt) lets decoding
         run attention with no mask. Blocks are counted from the new tokens on (see
         :func:`tide_lightning.models.masks.appended_block_mask`), so the shorter prefix
-        needs no longer be a multiple of the block size.
+        does not need to be a multiple of the block size.
 
         Returns:
             ``self`` when nothing is dropped, else a new cache (buffers copied).
