@@ -8,6 +8,7 @@ it needs the process group that Lightning only creates when ``fit`` starts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from tide_lightning.tokenization import (
     train_byte_level_bpe,
     train_unigram_metaspace,
 )
+from tide_lightning.variants import get_variant
 
 
 def source_specs(sources: list[SourceConfig]) -> list[SourceSpec]:
@@ -148,33 +150,22 @@ class Run:
 
 
 def _objective(config: RunConfig, student_mask: int, teacher_mask: int | None) -> ObjectiveSettings:
+    """The config's objective group plus what only the run knows (ids, resolved defaults)."""
     from tide_lightning.models.teachers import teacher_kind
 
     o = config.objective
     shared_vocab = o.shared_vocab_size
     if shared_vocab is None and config.teacher is not None:
         shared_vocab = teacher_kind(config.teacher.kind).shared_vocab_size
-    variant_compdemo = {"tide_shared", "tide_shared_chunk"}
-    temperature = o.temperature or (5.0 if config.pipeline == "cross" else 2.0)
-    return ObjectiveSettings(
-        variant=o.variant,
-        pipeline=config.pipeline,
-        block_size=o.block_size,
-        student_mask_id=student_mask,
-        teacher_mask_id=teacher_mask,
-        temperature=temperature,
-        distill_weight=o.distill_weight,
-        compdemo=o.variant in variant_compdemo if o.compdemo is None else o.compdemo,
-        compdemo_ratio=o.compdemo_ratio,
-        lambda_init=o.lambda_init,
-        lambda_max=o.lambda_max,
-        lambda_shape=o.lambda_shape,
-        tidal_axis=o.tidal_axis,
-        time_weight=o.time_weight,
-        time_eps=o.time_eps,
-        per_block_time=o.per_block_time,
-        shared_vocab_size=shared_vocab,
-    )
+    resolved = dataclasses.asdict(o) | {
+        "pipeline": config.pipeline,
+        "student_mask_id": student_mask,
+        "teacher_mask_id": teacher_mask,
+        "temperature": o.temperature or (5.0 if config.pipeline == "cross" else 2.0),
+        "compdemo": get_variant(o.variant).compdemo if o.compdemo is None else o.compdemo,
+        "shared_vocab_size": shared_vocab,
+    }
+    return ObjectiveSettings(**resolved)
 
 
 def _student(config: RunConfig, tokenizer):

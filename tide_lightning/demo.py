@@ -72,6 +72,18 @@ def run_demo(
     student_tok = TokenizerConfig(source=str(bpe_dir))
     shared_teacher = {"kind": "tiny_moe", "path": str(teachers["bpe"]), "tokenizer": None}
     cross_teacher = {"kind": "tiny_moe", "path": str(teachers["unigram"]), "tokenizer": None}
+
+    def student_config(name: str, pipeline: str, variant: str, teacher: dict, **trainer):
+        return _replace(
+            base,
+            run_dir=str(out_dir / f"student_{name}"),
+            pipeline=pipeline,
+            student={"tokenizer": student_tok},
+            teacher=dataclasses.replace(base.teacher, **teacher),
+            objective={"variant": variant},
+            trainer=trainer,
+        )
+
     students = {
         "ce": ("shared", "ce", shared_teacher),
         "tide_shared": ("shared", "tide_shared", shared_teacher),
@@ -80,34 +92,19 @@ def run_demo(
     checkpoints = {}
     for name, (pipeline, variant, teacher) in students.items():
         _banner(f"training the {name} student")
-        config = _replace(
-            base,
-            run_dir=str(out_dir / f"student_{name}"),
-            pipeline=pipeline,
-            student={"tokenizer": student_tok},
-            teacher=dataclasses.replace(base.teacher, **teacher),
-            objective={"variant": variant},
-        )
+        config = student_config(name, pipeline, variant, teacher)
         fit(config)
         checkpoints[name] = Path(config.run_dir) / "checkpoints" / "last.ckpt"
 
     _banner("validating the three students against both teachers")
+    # Token KL to the BPE teacher (variant kl) and chunk KL to the Unigram teacher
+    # (tide_cross), on the same held-out files and fixed masks for every student.
+    probes = (("shared", "kl", shared_teacher), ("cross", "tide_cross", cross_teacher))
     table = {}
     for name, ckpt in checkpoints.items():
         row = {}
-        for pipeline, variant, teacher in (
-            ("shared", "kl", shared_teacher),
-            ("cross", "tide_cross", cross_teacher),
-        ):
-            config = _replace(
-                base,
-                run_dir=str(out_dir / f"student_{name}"),
-                pipeline=pipeline,
-                student={"tokenizer": student_tok},
-                teacher=dataclasses.replace(base.teacher, **teacher),
-                objective={"variant": variant},
-                trainer={"enable_progress_bar": False},
-            )
+        for pipeline, variant, teacher in probes:
+            config = student_config(name, pipeline, variant, teacher, enable_progress_bar=False)
             metrics = validate(config, str(ckpt))[0]
             if pipeline == "cross":  # NELBO is the shared pipeline's (plain masks)
                 metrics.pop("val/ce", None)

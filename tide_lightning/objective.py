@@ -143,15 +143,21 @@ def distill_step(
     return _shared_step(student, teacher, batch, settings, progress, generator)
 
 
+def _student_pass(student, batch, masked: Tensor, t: Tensor, s: ObjectiveSettings):
+    """Student logits at ``masked`` (Float[N, V]), the CE term, and the mask rate."""
+    x0, maskable = batch["input_ids"], batch["maskable"]
+    xt = apply_mask(x0, masked, s.student_mask_id)
+    logits = student.forward_train(xt, x0, masked, s.block_size, batch.get("attention_mask"))
+    ce = masked_diffusion_ce(logits, x0, masked, t, maskable)
+    return logits, ce, masked.sum() / maskable.sum().clamp(min=1)
+
+
 def _shared_step(student, teacher, batch, s: ObjectiveSettings, progress, gen) -> StepOutput:
     x0, maskable = batch["input_ids"], batch["maskable"]
     attention_mask = batch.get("attention_mask")
     t = _draw_time(x0.shape[0], x0.shape[1], s, gen, x0.device)
     masked = sample_mask(x0, maskable, t, gen)
-    xt = apply_mask(x0, masked, s.student_mask_id)
-    logits = student.forward_train(xt, x0, masked, s.block_size, attention_mask)
-    ce = masked_diffusion_ce(logits, x0, masked, t, maskable)
-    mask_rate = masked.sum() / maskable.sum().clamp(min=1)
+    logits, ce, mask_rate = _student_pass(student, batch, masked, t, s)
     variant = s.spec
     if not variant.needs_teacher:
         return StepOutput(ce, ce, _zero(ce), mask_rate, _zero(ce))
@@ -194,7 +200,6 @@ def _token_grid(values: Tensor, selected: Tensor) -> Tensor:
 
 def _cross_step(student, teacher, batch, s: ObjectiveSettings, progress, gen) -> StepOutput:
     x0, maskable = batch["input_ids"], batch["maskable"]
-    attention_mask = batch.get("attention_mask")
     s_chunks, t_chunks = batch["student_chunk_ids"], batch["teacher_chunk_ids"]
     num_chunks = num_chunks_of(s_chunks, t_chunks)
     t = _draw_time(x0.shape[0], x0.shape[1], s, gen, x0.device)
@@ -202,10 +207,7 @@ def _cross_step(student, teacher, batch, s: ObjectiveSettings, progress, gen) ->
     masked, teacher_masked, chunk_masked, active = chunk_consistent_mask(
         drawn, maskable, s_chunks, t_chunks, num_chunks
     )
-    xt = apply_mask(x0, masked, s.student_mask_id)
-    logits = student.forward_train(xt, x0, masked, s.block_size, attention_mask)
-    ce = masked_diffusion_ce(logits, x0, masked, t, maskable)
-    mask_rate = masked.sum() / maskable.sum().clamp(min=1)
+    logits, ce, mask_rate = _student_pass(student, batch, masked, t, s)
     variant = s.spec
     if not variant.needs_teacher:
         return StepOutput(ce, ce, _zero(ce), mask_rate, _zero(ce))
