@@ -113,7 +113,7 @@ def test_evaluate_command_scores_gsm8k_from_a_local_file(model_dir, tmp_path, ca
     data = tmp_path / "gsm8k.jsonl"
     rows = [{"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"}] * 2
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    argv = ["evaluate", "--model", str(model_dir), "--tasks", "gsm8k", "--data",
+    argv = ["evaluate", "--model", str(model_dir), "--tasks", "gsm8k,", "--data",
             f"gsm8k={data}", "--out", str(tmp_path / "eval"), "--max-new-tokens", "8",
             "--device", "cpu"]  # fmt: skip
     assert main(argv) == 0

@@ -175,7 +175,9 @@ def sample_command(args: argparse.Namespace) -> None:
 
 def _evaluate_args(parser: argparse.ArgumentParser) -> None:
     _sampling_args(parser)
-    parser.add_argument("--tasks", nargs="+", default=["humaneval"], help="humaneval mbpp gsm8k")
+    parser.add_argument(
+        "--tasks", nargs="+", default=["humaneval"], help="humaneval,mbpp,gsm8k (commas or spaces)"
+    )
     parser.add_argument("--data", nargs="*", default=[], help="TASK=PATH local data files")
     parser.add_argument("--limit", type=int, default=None, help="first N items of each task")
     parser.add_argument("--out", default="runs/eval", help="records and summary go here")
@@ -189,7 +191,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
     data = dict(item.split("=", 1) for item in args.data)
     loaded = _load(args)
     # The tasks render their prompts in the tokenizer's chat template themselves.
-    tasks = build_tasks(args.tasks, data, args.limit, args.timeout, tokenizer=loaded.tokenizer)
+    names = [name for item in args.tasks for name in item.split(",") if name]
+    tasks = build_tasks(names, data, args.limit, args.timeout, tokenizer=loaded.tokenizer)
     generate_fn = text_generate_fn(
         loaded.student, loaded.tokenizer, chat=False, batch_size=args.batch_size,
         seed=args.seed, **_sampling_options(args, loaded.block_size),
