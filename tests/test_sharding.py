@@ -141,6 +141,10 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
         time.sleep(4.0)
     with open(os.path.join(workdir, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)
+    # Sections 3 and 4 leave a gloo group with a deliberately timed-out collective; its
+    # destructor can abort the interpreter at exit ("terminate called without an active
+    # exception") depending on thread timing. The report is written: skip the teardown.
+    os._exit(0)
 
 
 @pytest.mark.timeout(400)
