@@ -26,8 +26,9 @@ from tide_lightning.config import RunConfig, SourceConfig, TokenizerConfig
 from tide_lightning.data import DistillDataModule, SourceSpec, open_source
 from tide_lightning.data.sources import SkipLog
 from tide_lightning.models import build_student, load_student
-from tide_lightning.models.sharding import default_backend, shard_teacher, zero3_config
-from tide_lightning.models.teachers import build_tiny_moe_teacher, load_teacher
+from tide_lightning.models.frozen import TeacherHolder, setup_teacher
+from tide_lightning.models.sharding import default_backend, shard_teacher
+from tide_lightning.models.teachers import build_tiny_moe_teacher
 from tide_lightning.module import DistillationModule, OptimSettings
 from tide_lightning.objective import ObjectiveSettings
 from tide_lightning.preemption import PreemptionCheckpoint
@@ -67,16 +68,12 @@ def build_tokenizer(config: TokenizerConfig, sources: list[SourceSpec], cache_di
     Trained tokenizers are saved to ``cache_dir`` and reused, so every rank, every
     resume and the exported model see the same vocabulary.
     """
-    from transformers import AutoTokenizer
-
     if config.source == "qwen3":
         return load_qwen3_tokenizer()
     if config.source not in ("bpe", "unigram"):
-        if not Path(config.source).is_dir():
-            raise FileNotFoundError(f"tokenizer directory {config.source!r} does not exist")
-        return AutoTokenizer.from_pretrained(config.source, local_files_only=True)
+        return load_tokenizer_dir(config.source)
     if (cache_dir / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(str(cache_dir), local_files_only=True)
+        return load_tokenizer_dir(cache_dir)
     texts = list(_training_texts(sources, config.train_docs))
     train = train_byte_level_bpe if config.source == "bpe" else train_unigram_metaspace
     tokenizer = train(texts, config.vocab_size)
@@ -96,7 +93,11 @@ def _rows(tokenizer) -> int:
 
 @dataclass(frozen=True)
 class TeacherFactory:
-    """Builds the frozen (and, with several processes, ZeRO-3 sharded) teacher."""
+    """Builds the frozen (and, with several processes, ZeRO-3 sharded) teacher.
+
+    A checkpoint goes through :func:`~tide_lightning.models.frozen.setup_teacher`; without
+    a path, a random ``tiny_moe`` teacher is built in-process (tests, quick runs).
+    """
 
     kind: str
     path: str | None
@@ -110,31 +111,28 @@ class TeacherFactory:
     num_layers: int
     seed: int
 
-    def __call__(self):
-        backend = default_backend() if self.sharding == "auto" else self.sharding
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        if self.path is None:
-            if self.kind != "tiny_moe":
-                raise ValueError(f"teacher kind {self.kind!r} needs teacher.path")
-            adapter = build_tiny_moe_teacher(
-                self.vocab_size,
-                self.mask_token_id,
-                self.pad_token_id,
-                hidden_size=self.hidden_size,
-                num_layers=self.num_layers,
-                seed=self.seed,
-            )
-        else:
-            adapter = load_teacher(
+    def __call__(self) -> TeacherHolder:
+        if self.path is not None:
+            return setup_teacher(
                 self.kind,
                 self.path,
+                backend=self.sharding,
                 block_size=self.block_size,
-                dtype=dtype,
                 trust_remote_code=self.trust_remote_code,
-                zero3_config=zero3_config(dtype) if backend == "deepspeed" else None,
                 mask_token_id=self.mask_token_id,
             )
-        return shard_teacher(adapter, backend=backend)
+        if self.kind != "tiny_moe":
+            raise ValueError(f"teacher kind {self.kind!r} needs teacher.path")
+        adapter = build_tiny_moe_teacher(
+            self.vocab_size,
+            self.mask_token_id,
+            self.pad_token_id,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            seed=self.seed,
+        )
+        backend = default_backend() if self.sharding == "auto" else self.sharding
+        return TeacherHolder(shard_teacher(adapter, backend=backend))
 
 
 @dataclass
@@ -210,7 +208,7 @@ def teacher_tokenizer_of(config: RunConfig, specs: list[SourceSpec], run_dir: Pa
         return build_tokenizer(teacher.tokenizer, specs, run_dir / "teacher_tokenizer")
     if teacher.path is None:
         raise ValueError("the cross pipeline needs teacher.tokenizer or teacher.path")
-    return build_tokenizer(TokenizerConfig(source=teacher.path), specs, run_dir)
+    return load_tokenizer_dir(teacher.path)
 
 
 def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
@@ -222,7 +220,7 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
     if not specs:
         raise ValueError("data.sources is empty: give at least one training source")
     if config.student.path is not None:  # the checkpoint's own tokenizer, with <|mask|>
-        student_tok = load_student_tokenizer(config.student.path)
+        student_tok = load_tokenizer_dir(config.student.path)
     else:
         student_tok = build_tokenizer(
             config.student.tokenizer, specs, run_dir / "student_tokenizer"
@@ -282,10 +280,13 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
     return Run(config, module, datamodule, trainer, student_tok, teacher_tok)
 
 
-def load_student_tokenizer(path: str):
+def load_tokenizer_dir(path: str | Path):
+    """A tokenizer saved in a local directory (nothing downloads)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"tokenizer directory {str(path)!r} does not exist")
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
 def resolve_teacher_mask(kind: str, path: str | None, override: int | None, tokenizer) -> int:

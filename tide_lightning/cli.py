@@ -1,4 +1,4 @@
-"""``python -m tide_lightning <command>`` (also ``tide``): a thin layer over importable functions.
+"""The tide command line (``python -m tide_lightning <command>``), thin over importable code.
 
 Commands: ``fit``, ``validate``, ``print-config`` (configs: ``--config FILE`` plus dotted
 ``key=value`` overrides), and the model tools registered by other modules.
@@ -15,17 +15,14 @@ from tide_lightning.config import ConfigError, load_config, to_yaml
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
 
 
-def command(name: str, help: str):
-    """Register ``fn(args)`` as a subcommand; ``add_args`` declares its arguments."""
+def command(name: str, help: str, add_args: Callable[[argparse.ArgumentParser], None]):
+    """Register ``fn(args)`` as subcommand ``name``; ``add_args`` declares its arguments."""
 
-    def wrap(add_args):
-        def register(fn):
-            COMMANDS[name] = (help, add_args, fn)
-            return fn
+    def register(fn):
+        COMMANDS[name] = (help, add_args, fn)
+        return fn
 
-        return register
-
-    return wrap
+    return register
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -33,21 +30,26 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_steps=10")
 
 
-@command("fit", "train the student (resumes from run_dir automatically)")(_config_args)
+def _validate_args(parser: argparse.ArgumentParser) -> None:
+    _config_args(parser)
+    parser.add_argument("--ckpt", default=None, help="checkpoint (default: last in run_dir)")
+
+
+@command("fit", "train the student (resumes from run_dir automatically)", _config_args)
 def fit_command(args: argparse.Namespace) -> None:
     from tide_lightning.training import fit
 
     fit(load_config(args.config, args.overrides))
 
 
-@command("validate", "validation metrics of the student")(_config_args)
+@command("validate", "validation metrics of the student", _validate_args)
 def validate_command(args: argparse.Namespace) -> None:
     from tide_lightning.training import validate
 
     validate(load_config(args.config, args.overrides), args.ckpt)
 
 
-@command("print-config", "print the resolved, validated config")(_config_args)
+@command("print-config", "print the resolved, validated config", _config_args)
 def print_config_command(args: argparse.Namespace) -> None:
     print(to_yaml(load_config(args.config, args.overrides)), end="")
 
@@ -57,8 +59,8 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps per student")
 
 
-@command("demo", "the main job on the embedded default: tiny models, bundled corpus, CPU")(
-    _demo_args
+@command(
+    "demo", "the main job on the embedded default: tiny models, bundled corpus, CPU", _demo_args
 )
 def demo_command(args: argparse.Namespace) -> None:
     from tide_lightning.demo import run_demo
@@ -67,27 +69,14 @@ def demo_command(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    _load_tool_commands()
+    import tide_lightning.tools  # noqa: F401  (registers sample, evaluate, bench, export)
+
     parser = argparse.ArgumentParser(prog="tide", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_args, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
-        if name == "validate":
-            p.add_argument("--ckpt", default=None, help="checkpoint (default: last in run_dir)")
     return parser
-
-
-def _load_tool_commands() -> None:
-    """Import the modules that register ``sample``/``evaluate``/``bench``/``export``."""
-    import importlib
-
-    for module in ("tide_lightning.tools",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,8 +60,8 @@ class DistillationModule(L.LightningModule):
         optim: optimizer and schedule.
         seed: base seed of the masking RNG.
         val_seed: base seed of validation's fixed masks.
-        teacher_factory: a callable building the teacher in ``setup`` (after the process
-            group exists, so it can be sharded); used when ``teacher`` is None.
+        teacher_factory: a callable returning a :class:`TeacherHolder`, called in ``setup``
+            (after the process group exists, so it can be sharded) when ``teacher`` is None.
     """
 
     def __init__(
@@ -121,7 +121,7 @@ class DistillationModule(L.LightningModule):
         if self.teacher is None and self._teacher_factory is not None:
             # DeepSpeed (teacher sharding) reads LOCAL_RANK, which srun does not set.
             os.environ.setdefault("LOCAL_RANK", str(self.local_rank))
-            self.teacher = TeacherHolder(self._teacher_factory())
+            self.teacher = self._teacher_factory()
 
     def on_fit_start(self) -> None:
         self._teacher_to_device()

@@ -179,15 +179,18 @@ def _shared_step(student, teacher, batch, s: ObjectiveSettings, progress, gen) -
     weight = time_weight(t_pos, s.time_weight)
     distill = variant.loss(student_v, teacher_v, lam=lam, weight=weight, temperature=s.temperature)
     lam_mean = lam.mean() if lam.numel() else _zero(ce)
+    # The diagnostic KL is NaN/inf in exactly the rows where the teacher's logits are
+    # (+inf or NaN): checking Float[N] spares a second pass over Float[N, V].
+    kl = kl_per_position(student_v, teacher_v)
     return StepOutput(
         loss=ce + s.distill_weight * distill,
         ce=ce,
         distill=distill,
         mask_rate=mask_rate,
         lambda_t_mean=lam_mean if variant.uses_tidal else _zero(ce),
-        kl_to_teacher=kl_per_position(student_v, teacher_v),
+        kl_to_teacher=kl,
         kl_t=t_pos,
-        teacher_finite=bool(torch.isfinite(teacher_v).all()),
+        teacher_finite=bool(torch.isfinite(kl).all()),
     )
 
 

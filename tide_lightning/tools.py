@@ -140,7 +140,7 @@ def _sample_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show-order", action="store_true", help="print the denoising order")
 
 
-@command("sample", "print the student's completions of prompts")(_sample_args)
+@command("sample", "print the student's completions of prompts", _sample_args)
 def sample_command(args: argparse.Namespace) -> None:
     prompts = list(args.prompts)
     if args.file:
@@ -184,7 +184,7 @@ def _evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
 
 
-@command("evaluate", "generate and score HumanEval / MBPP / GSM8K offline")(_evaluate_args)
+@command("evaluate", "generate and score HumanEval / MBPP / GSM8K offline", _evaluate_args)
 def evaluate_command(args: argparse.Namespace) -> None:
     from tide_lightning.evaluation import build_tasks, evaluate, format_summary
 
@@ -217,7 +217,7 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recompute-prefix", action="store_true", help="add published-way rows")
 
 
-@command("bench", "tokens/s and peak memory: sampler (1 token/step, threshold) vs AR")(_bench_args)
+@command("bench", "tokens/s and peak memory: sampler (1 token/step, threshold) vs AR", _bench_args)
 def bench_command(args: argparse.Namespace) -> None:
     from tide_lightning.bench import AR_MODE, ar_baseline_like, bench_runs, format_table, measure
 
@@ -263,7 +263,7 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: as stored")
 
 
-@command("export", "write a checkpoint's student as a Hugging Face directory")(_export_args)
+@command("export", "write a checkpoint's student as a Hugging Face directory", _export_args)
 def export_command(args: argparse.Namespace) -> None:
     from tide_lightning.export import export_checkpoint, load_any
 
