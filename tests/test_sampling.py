@@ -7,6 +7,7 @@ import torch
 
 from tide_lightning.models import build_student
 from tide_lightning.sampling import (
+    PREFIX_MODES,
     generate,
     left_pad,
     propose,
@@ -169,8 +170,8 @@ def test_cached_decoding_equals_a_cache_free_reference(student, steps_per_block,
     for prompt in prompts:
         with torch.no_grad():
             want = reference_generate(student, prompt, **kw)
-        for recompute in (False, True):
-            got = generate(student, [prompt], pad_id=PAD, recompute_prefix=recompute, **kw)
+        for prefix in PREFIX_MODES:
+            got = generate(student, [prompt], pad_id=PAD, prefix=prefix, **kw)
             assert torch.equal(got.tokens[0], want)
 
 
@@ -182,14 +183,42 @@ def test_left_padded_batch_decodes_each_prompt_as_alone(student):
         assert torch.equal(alone.order[0], batch.order[row])
 
 
+@pytest.mark.parametrize("prefix", ["per_block", "per_step"])
 @pytest.mark.parametrize("threshold", [None, 0.02])
-def test_cached_prefix_equals_recomputed_prefix(student, threshold):
+def test_cached_prefix_equals_recomputed_prefix(student, threshold, prefix):
     kw = dict(max_new_tokens=12, block_size=4, pad_id=PAD, eos_id=EOS, threshold=threshold)
     cached = generate(student, PROMPTS, **kw)
-    recomputed = generate(student, PROMPTS, recompute_prefix=True, **kw)
+    recomputed = generate(student, PROMPTS, prefix=prefix, **kw)
     assert torch.equal(cached.tokens, recomputed.tokens)
     assert torch.equal(cached.order, recomputed.order)
     assert torch.equal(cached.steps, recomputed.steps)
+
+
+def test_prefix_modes_run_the_forwards_they_claim(student, monkeypatch):
+    """Per block: one prefix re-encoding per block; per step: one per denoising step."""
+    calls = {"extend": 0, "block": 0}
+    extend, block = student.extend_and_forward_block, student.forward_block
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(student, "extend_and_forward_block", count("extend", extend))
+    monkeypatch.setattr(student, "forward_block", count("block", block))
+    kw = dict(max_new_tokens=12, block_size=4, pad_id=PAD)  # 3 blocks x 4 steps
+    want = {"cached": (3, 9), "per_block": (3, 9), "per_step": (12, 0)}
+    for prefix, (extends, blocks) in want.items():
+        calls.update(extend=0, block=0)
+        generate(student, [[5, 6, 7]], prefix=prefix, **kw)
+        assert (calls["extend"], calls["block"]) == (extends, blocks), prefix
+
+
+def test_unknown_prefix_mode_is_refused(student):
+    with pytest.raises(ValueError, match="prefix must be one of"):
+        generate(student, PROMPTS, max_new_tokens=4, block_size=4, prefix="sometimes")
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.02, 1.0])

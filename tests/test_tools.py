@@ -74,6 +74,9 @@ def test_sample_command_prints_completions_and_order(model_dir, tmp_path, capsys
     assert "### prompt 0: hello" in out and "### prompt 2: The quick" in out
     assert out.count("--- denoising order (") == 3
     assert "step    7: +" in out  # block size 8 from the config: one token per step
+    for prefix in ("per_block", "per_step"):  # the comparison modes print the same
+        assert main([*argv, "--prefix", prefix]) == 0
+        assert capsys.readouterr().out == out
 
 
 def test_export_command_writes_a_loadable_directory(tmp_path, small_bpe, capsys):
@@ -101,10 +104,17 @@ def test_export_command_writes_a_loadable_directory(tmp_path, small_bpe, capsys)
 
 def test_bench_command_prints_the_three_modes(model_dir, capsys):
     argv = ["bench", "--model", str(model_dir), "--new-tokens", "16", "--warmup", "0",
-            "--repeats", "1", "--ignore-eos", "--device", "cpu", "--recompute-prefix"]  # fmt: skip
+            "--repeats", "1", "--ignore-eos", "--device", "cpu",
+            "--prefix-baselines", "per_block", "per_step"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    for mode in ("bd3lm 1 token/step", "bd3lm threshold 0.9", "prefix recomputed", "HF generate"):
+    for mode in (
+        "bd3lm 1 token/step",
+        "bd3lm threshold 0.9",
+        "per block",
+        "per step",
+        "HF generate",
+    ):
         assert mode in out
     assert "| 16 |" in out  # every mode generated all 16 tokens
 

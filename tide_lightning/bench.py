@@ -57,6 +57,10 @@ class Measurement:
 
 AR_MODE = "autoregressive (HF generate)"
 AR_NO_GRAD_MODE = "autoregressive (HF generate, no_grad only)"
+PREFIX_LABELS = {
+    "per_block": "prefix re-encoded per block",
+    "per_step": "prefix re-encoded per step",
+}
 
 # A run returns (useful tokens, tokens per step or None).
 Run = Callable[[], tuple[int, float | None]]
@@ -181,7 +185,7 @@ def bench_runs(
     threshold: float = 0.9,
     eos_id: int | None = None,
     pad_id: int = 0,
-    recompute_prefix: bool = False,
+    prefix_baselines: Sequence[str] = (),
     ar_prompt: Sequence[int] | None = None,
     ar_eos_id: int | None = None,
     ar_no_grad: bool = False,
@@ -197,8 +201,9 @@ def bench_runs(
         threshold: ``tau`` of the threshold mode.
         eos_id: stop id (None: always generate ``new_tokens``).
         pad_id: padding id.
-        recompute_prefix: also time both sampler modes with the prefix re-encoded at
-            every block (the published sampler's behaviour).
+        prefix_baselines: also time both sampler modes with these reference prefix
+            modes of :func:`generate` (``"per_block"``: the published sampler's
+            re-encoding at every block; ``"per_step"``: no cache at all).
         ar_prompt: the prompt in the AR model's tokenizer (default ``prompt``).
         ar_eos_id: the AR model's stop id (default ``eos_id``).
         ar_no_grad: also time ``generate`` as it ships (no_grad, not inference mode).
@@ -212,9 +217,9 @@ def bench_runs(
     runs: dict[str, Run] = {}
     for label, options in modes.items():
         runs[f"bd3lm {label}"] = sampler_run(student, prompt, eos_id, **common, **options)
-        if recompute_prefix:
-            runs[f"bd3lm {label}, prefix recomputed"] = sampler_run(
-                student, prompt, eos_id, recompute_prefix=True, **common, **options
+        for prefix in prefix_baselines:
+            runs[f"bd3lm {label}, {PREFIX_LABELS[prefix]}"] = sampler_run(
+                student, prompt, eos_id, prefix=prefix, **common, **options
             )
     ar_args = (
         ar_model,

@@ -18,8 +18,11 @@ every committed block) at the start of each block, so block ``n`` costs a forwar
 computed once, into preallocated buffers (:mod:`tide_lightning.models.kv_cache`), and
 committing block ``n`` shares its forward with the first denoising step of block
 ``n + 1`` (:meth:`BD3LMStudent.extend_and_forward_block`), so a block costs exactly its
-denoising steps. ``recompute_prefix=True`` restores the published behaviour, with every
-other optimisation, for comparison. The LM head runs only at still-masked positions.
+denoising steps. Two reference modes exist for comparison, both with every other
+optimisation and both giving identical tokens: ``prefix="per_block"`` re-encodes the
+prefix at the start of each block (the published sampler), ``prefix="per_step"``
+re-encodes it at every denoising step (no cache at all, as LLaDA-style samplers run the
+whole sequence each step). The LM head runs only at still-masked positions.
 Rows that have produced EOS leave the batch, so a finished prompt costs nothing more.
 """
 
@@ -36,6 +39,7 @@ from tide_lightning.models.kv_cache import BlockCache
 from tide_lightning.models.masks import position_ids_from_mask
 
 REMASKING = ("low_confidence", "random")
+PREFIX_MODES = ("cached", "per_block", "per_step")
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,7 @@ def generate(
     eos_id: int | None = None,
     pad_id: int = 0,
     generator: torch.Generator | None = None,
-    recompute_prefix: bool = False,
+    prefix: str = "cached",
 ) -> SampleOutput:
     """Decode continuations of a batch of prompts block by block.
 
@@ -214,8 +218,10 @@ def generate(
         eos_id: a row stops after the block in which it produced this id; None never stops.
         pad_id: left-padding id.
         generator: random source (Gumbel noise, random scores).
-        recompute_prefix: re-encode the whole prefix at every block, as the published
-            sampler does, instead of extending the cache (for comparison).
+        prefix: how the prefix's keys/values are obtained: ``"cached"`` (computed once,
+            extended by each committed block), or, for comparison, ``"per_block"``
+            (re-encoded at every block, as the published sampler does) or ``"per_step"``
+            (re-encoded at every denoising step: no cache).
 
     Returns:
         :class:`SampleOutput`.
@@ -224,6 +230,8 @@ def generate(
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if remasking not in REMASKING:
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+    if prefix not in PREFIX_MODES:
+        raise ValueError(f"prefix must be one of {PREFIX_MODES}, got {prefix!r}")
     device = next(student.parameters()).device
     batch = len(prompts)
     steps_per_block = steps_per_block or block_size
@@ -242,13 +250,13 @@ def generate(
     for start in range(0, max_new_tokens, block_size):
         width = min(block_size, max_new_tokens - start)
         block_pos = lengths[live, None] + start + torch.arange(width, device=device)
-        if cache is None or recompute_prefix:
+        if cache is None or prefix != "cached":
             # The whole prefix (prompt and committed blocks) goes into a fresh cache.
             clean_ids = torch.cat([ids[live], tokens[live, :start]], dim=1)
             done = torch.ones_like(clean_ids[:, ids.shape[1] :], dtype=torch.bool)
             clean_valid = torch.cat([valid[live], done], dim=1)
             clean_pos = position_ids_from_mask(clean_valid)
-            room = clean_ids.shape[1] + (width if recompute_prefix else max_new_tokens - start)
+            room = clean_ids.shape[1] + (max_new_tokens - start if prefix == "cached" else width)
             cache = BlockCache.empty(len(live), device, room)
         else:
             (clean_ids, clean_pos), clean_valid = last, None
@@ -264,7 +272,7 @@ def generate(
         logits = student.extend_and_forward_block(
             cache, clean_ids, clean_pos, block, block_pos, block_size, clean_valid, masked
         )
-        if clean_valid is not None:
+        if prefix != "per_step" and clean_valid is not None:
             cache = cache.without_padding()  # one prompt: no padding left, no attention mask
         step = 0
         while True:
@@ -283,7 +291,13 @@ def generate(
             masked = block == mask_id
             if not masked.any():
                 break
-            logits = student.forward_block(cache, block, block_pos, logits_at=masked)
+            if prefix == "per_step":
+                cache = BlockCache.empty(len(live), device, clean_ids.shape[1] + width)
+                logits = student.extend_and_forward_block(
+                    cache, clean_ids, clean_pos, block, block_pos, block_size, clean_valid, masked
+                )
+            else:
+                logits = student.forward_block(cache, block, block_pos, logits_at=masked)
         steps[live] += block_steps
         tokens[live, start : start + width] = block
         order[live, start : start + width] = block_order

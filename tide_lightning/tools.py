@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tide_lightning.cli import command
-from tide_lightning.sampling import REMASKING, generate, trim_at_eos
+from tide_lightning.sampling import PREFIX_MODES, REMASKING, generate, trim_at_eos
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -108,7 +108,10 @@ def _sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--remasking", choices=REMASKING, default="low_confidence")
     parser.add_argument("--threshold", type=float, default=None, help="parallel decoding tau")
-    parser.add_argument("--recompute-prefix", action="store_true", help="published behaviour")
+    parser.add_argument(
+        "--prefix", choices=PREFIX_MODES, default="cached",
+        help="cached (default), or re-encoded per_block (published) / per_step, to compare",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
 
@@ -128,7 +131,7 @@ def _sampling_options(args: argparse.Namespace, block_size: int) -> dict:
         temperature=args.temperature,
         remasking=args.remasking,
         threshold=args.threshold,
-        recompute_prefix=args.recompute_prefix,
+        prefix=args.prefix,
     )
 
 
@@ -214,7 +217,10 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ignore-eos", action="store_true", help="always generate all tokens")
-    parser.add_argument("--recompute-prefix", action="store_true", help="add published-way rows")
+    parser.add_argument(
+        "--prefix-baselines", nargs="*", choices=PREFIX_MODES[1:], default=[],
+        help="add sampler rows with the prefix re-encoded per_block (published) / per_step",
+    )  # fmt: skip
 
 
 @command("bench", "tokens/s and peak memory: sampler (1 token/step, threshold) vs AR", _bench_args)
@@ -236,7 +242,7 @@ def bench_command(args: argparse.Namespace) -> None:
     eos = None if args.ignore_eos else tok.eos_token_id
     runs = bench_runs(
         loaded.student, ar, prompt, args.new_tokens, args.block_size or loaded.block_size,
-        args.threshold, eos, tok.pad_token_id or 0, args.recompute_prefix,
+        args.threshold, eos, tok.pad_token_id or 0, args.prefix_baselines,
         ar_prompt, None if args.ignore_eos else ar_eos,
     )  # fmt: skip
     results = measure(runs, device, args.warmup, args.repeats)
