@@ -341,3 +341,36 @@ def test_lm_eval_model_generate_until():
         lm.loglikelihood(requests)
     history = [{"role": "user", "content": "Hi"}]
     assert lm.apply_chat_template(history) == chat_prompt("Hi")
+
+
+def test_lm_eval_model_samples_a_model_directory_like_the_sampler(tmp_path, small_bpe):
+    """The path ``lm_eval --model tide_bd3lm --model_args pretrained=DIR,...`` takes."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from tide_lightning.evaluation.lm_eval_adapter import register
+    from tide_lightning.export import load_any
+    from tide_lightning.models import build_student
+    from tide_lightning.tools import text_generate_fn
+
+    student = build_student(
+        vocab_size=512, hidden_size=32, num_layers=1, num_heads=4,
+        mask_token_id=small_bpe.mask_token_id, seed=0,
+    )  # fmt: skip
+    student.model.config.block_size = 8
+    student.save_pretrained(tmp_path, small_bpe)
+    lm_config = {"batch_size": 2, "max_batch_size": None, "device": "cpu"}
+    lm = register().create_from_arg_string(f"pretrained={tmp_path},steps_per_block=4", lm_config)
+    prompts = ["def f(x):", "hello", "The quick"]
+    requests = [
+        Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": 12}), i)
+        for i, p in enumerate(prompts)
+    ]
+    got = lm.generate_until(requests)
+
+    loaded = load_any(tmp_path, device="cpu")
+    sample = text_generate_fn(loaded.student, loaded.tokenizer, block_size=8, steps_per_block=4)
+    want = [cut_at_stops(text, "\n\n") for text in sample(prompts, max_new_tokens=12)]
+    assert got == want and any(got)
+    with pytest.raises(ValueError, match="unknown tide_bd3lm model_args \\['stepz'\\]"):
+        register().create_from_arg_string(f"pretrained={tmp_path},stepz=4", lm_config)

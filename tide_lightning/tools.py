@@ -53,19 +53,23 @@ def text_generate_fn(
         **sampling: :func:`tide_lightning.sampling.generate` options.
 
     Returns:
-        A function mapping prompts to completions (text before the first EOS).
+        ``generate_fn(prompts, max_new_tokens=None) -> completions`` (text before the first
+        EOS); ``max_new_tokens`` overrides the sampling option for one call.
     """
     device = next(student.parameters()).device
     generator = None if seed is None else torch.Generator(device).manual_seed(seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
 
-    def generate_fn(prompts: list[str]) -> list[str]:
+    def generate_fn(prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
+        options = (
+            sampling if max_new_tokens is None else {**sampling, "max_new_tokens": max_new_tokens}
+        )
         completions = []
         for start in range(0, len(prompts), batch_size):
             ids = [render_prompt(tokenizer, p, chat) for p in prompts[start : start + batch_size]]
             out = generate(
-                student, ids, eos_id=eos, pad_id=pad or 0, generator=generator, **sampling
+                student, ids, eos_id=eos, pad_id=pad or 0, generator=generator, **options
             )
             completions += tokenizer.batch_decode(
                 trim_at_eos(out.tokens, eos), skip_special_tokens=True

@@ -4,7 +4,7 @@ Registering happens on :func:`register` (lm_eval is imported only then), so this
 module imports without lm_eval. lm_eval discovers no plugins by itself, so run it
 through this module, which registers the model first::
 
-    python -m tide_lightning.evaluation.lm_eval_adapter run --model tide_bd3lm \\
+    python -m tide_lightning.evaluation.lm_eval_adapter --model tide_bd3lm \\
         --model_args pretrained=DIR --tasks gsm8k --apply_chat_template
 
 A block-diffusion model has no cheap left-to-right likelihood, so only
@@ -40,16 +40,47 @@ def cut_at_stops(text: str, until: Sequence[str] | str | None) -> str:
     return text[:cut]
 
 
-def load_generate_fn(pretrained: str, **kwargs: Any) -> Callable[..., list[str]]:
-    """A ``generate_fn`` for a model directory, built by the project's sampler."""
-    try:
-        from tide_lightning.sampling import load_generate_fn as loader
-    except ImportError as exc:
-        raise ImportError(
-            "tide_bd3lm needs the block-diffusion sampler (tide_lightning.sampling), "
-            "which is not available in this installation"
-        ) from exc
-    return loader(pretrained, **kwargs)
+def load_generate_fn(
+    pretrained: str,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int = 8,
+    chat: bool = False,
+    **sampling: Any,
+) -> Callable[..., list[str]]:
+    """A ``generate_fn(prompts, max_new_tokens=None)`` for a model directory or checkpoint.
+
+    Args:
+        pretrained: exported directory or training checkpoint (as ``--model`` takes).
+        device: where the model runs (default CUDA when available).
+        dtype: ``float32`` / ``bfloat16`` / ``float16`` (default bf16 on CUDA).
+        batch_size: prompts decoded together.
+        chat: render prompts in the chat template here; leave False when lm_eval renders
+            them (``--apply_chat_template``) or the task wants raw text.
+        **sampling: :func:`tide_lightning.sampling.generate` options (``steps_per_block``,
+            ``threshold``, ``temperature``, ...); the block size defaults to the trained one.
+
+    Raises:
+        ValueError: an option the sampler does not have, or an unknown dtype.
+    """
+    from tide_lightning.export import load_any
+    from tide_lightning.sampling import generate
+    from tide_lightning.tools import DTYPES, text_generate_fn
+
+    fixed = {"student", "prompts", "eos_id", "pad_id", "generator"}
+    options = set(inspect.signature(generate).parameters) - fixed
+    unknown = sorted(set(sampling) - options - {"seed"})
+    if unknown:
+        raise ValueError(
+            f"unknown {MODEL_NAME} model_args {unknown}; sampler options: {sorted(options)}"
+        )
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    loaded = load_any(pretrained, DTYPES.get(dtype), device=device)
+    sampling.setdefault("block_size", loaded.block_size)
+    return text_generate_fn(
+        loaded.student, loaded.tokenizer, chat=chat, batch_size=batch_size, **sampling
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -63,11 +94,14 @@ def register() -> type:
         """lm_eval model wrapping a ``generate_fn(prompts) -> completions``.
 
         Args:
-            pretrained: model directory, loaded by the sampler (ignored when
+            pretrained: exported directory or training checkpoint (ignored when
                 ``generate_fn`` is given).
             generate_fn: use this instead of loading ``pretrained`` (tests, scripts).
             batch_size: prompts per ``generate_fn`` call.
-            **sampler_kwargs: passed to the sampler's loader (steps, block size, ...).
+            device: where the model runs.
+            max_batch_size: lm_eval passes it; unused.
+            **sampler_kwargs: :func:`load_generate_fn` options (``dtype``, ``chat``,
+                ``steps_per_block``, ``threshold``, ...).
         """
 
         def __init__(
@@ -76,17 +110,19 @@ def register() -> type:
             generate_fn: Callable[..., list[str]] | None = None,
             batch_size: int | str = 1,
             device: str | None = None,
+            max_batch_size: int | None = None,
             **sampler_kwargs: Any,
         ) -> None:
             super().__init__()
+            # "auto" (lm_eval's batch-size search) has no meaning here: one prompt at a time.
+            self.batch_size = max(1, int(batch_size)) if str(batch_size).isdigit() else 1
             if generate_fn is None:
                 if pretrained is None:
                     raise ValueError("tide_bd3lm needs model_args pretrained=DIR")
-                if device is not None:
-                    sampler_kwargs["device"] = device
-                generate_fn = load_generate_fn(pretrained, **sampler_kwargs)
+                generate_fn = load_generate_fn(
+                    pretrained, device=device, batch_size=self.batch_size, **sampler_kwargs
+                )
             self.generate_fn = generate_fn
-            self.batch_size = max(1, int(batch_size)) if str(batch_size).isdigit() else 1
             params = inspect.signature(generate_fn).parameters
             self._takes_max_new_tokens = "max_new_tokens" in params
 
