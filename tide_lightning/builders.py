@@ -26,8 +26,7 @@ from tide_lightning.config import RunConfig, SourceConfig, TokenizerConfig
 from tide_lightning.data import DistillDataModule, SourceSpec, open_source
 from tide_lightning.data.sources import SkipLog
 from tide_lightning.models import build_student, load_student
-from tide_lightning.models.frozen import TeacherHolder, setup_teacher
-from tide_lightning.models.sharding import default_backend, shard_teacher
+from tide_lightning.models.frozen import TeacherHolder, hold_teacher, setup_teacher
 from tide_lightning.models.teachers import build_tiny_moe_teacher
 from tide_lightning.module import DistillationModule, OptimSettings
 from tide_lightning.objective import ObjectiveSettings
@@ -131,8 +130,7 @@ class TeacherFactory:
             num_layers=self.num_layers,
             seed=self.seed,
         )
-        backend = default_backend() if self.sharding == "auto" else self.sharding
-        return TeacherHolder(shard_teacher(adapter, backend=backend))
+        return hold_teacher(adapter, self.sharding)
 
 
 @dataclass

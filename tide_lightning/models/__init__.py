@@ -10,7 +10,7 @@
 """
 
 from tide_lightning.models import kv_cache, masks
-from tide_lightning.models.frozen import TeacherHolder, setup_teacher
+from tide_lightning.models.frozen import TeacherHolder, hold_teacher, setup_teacher
 from tide_lightning.models.kv_cache import BlockCache
 from tide_lightning.models.sharding import (
     LockstepGuard,
@@ -42,6 +42,7 @@ __all__ = [
     "build_student",
     "build_teacher",
     "build_tiny_moe_teacher",
+    "hold_teacher",
     "kv_cache",
     "load_student",
     "load_teacher",

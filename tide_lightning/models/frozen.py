@@ -144,11 +144,35 @@ def setup_teacher(
         zero3_config=config,
         **overrides,
     )
+    return hold_teacher(adapter, backend, config, guard_timeout_s)
+
+
+def hold_teacher(
+    adapter: TeacherAdapter,
+    backend: str = "auto",
+    config: dict | None = None,
+    guard_timeout_s: float | None = 60.0,
+) -> TeacherHolder:
+    """Shard (or not) a teacher already built, log its memory on this rank and hold it.
+
+    :func:`setup_teacher` ends here after loading; an in-memory teacher (the tiny test
+    teachers) starts here.
+
+    Args:
+        adapter: the teacher.
+        backend: as for :func:`setup_teacher`.
+        config: DeepSpeed config (default :func:`zero3_config` in the teacher's dtype).
+        guard_timeout_s: lock-step guard timeout (sharded only).
+
+    Returns:
+        A :class:`TeacherHolder`.
+    """
+    if backend == "auto":
+        backend = default_backend()
     teacher = shard_teacher(adapter, backend, config, guard_timeout_s)
     log.info(
-        "teacher %s from %s: backend %s, %.1f MB of parameters on this rank",
-        kind,
-        path,
+        "teacher %s: backend %s, %.1f MB of parameters on this rank",
+        adapter.kind.name,
         backend,
         teacher.local_parameter_bytes() / 2**20,
     )
