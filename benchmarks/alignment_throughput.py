@@ -26,11 +26,11 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from tide_lightning.alignment import align_texts, align_token_ids  # noqa: E402
-from tide_lightning.tokenization import (  # noqa: E402
+from tide_lightning.data.tokenization import (  # noqa: E402
     load_mistral_v1_tokenizer,
     load_qwen3_tokenizer,
 )
+from tide_lightning.method.alignment import align_texts, align_token_ids  # noqa: E402
 
 
 def load_corpus(max_bytes: int) -> dict[str, list[str]]:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from tide_lightning.data import DistillDataModule, SourceSpec
-from tide_lightning.tokenization import train_byte_level_bpe, train_unigram_metaspace
+from tide_lightning.data.tokenization import train_byte_level_bpe, train_unigram_metaspace
 
 
 def _corpus(tmp: Path) -> tuple[list[SourceSpec], list[str]]:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from tide_lightning.bench import (
+from tide_lightning.generation.bench import (
     AR_MODE,
     AR_NO_GRAD_MODE,
     PREFIX_LABELS,
@@ -43,8 +43,8 @@ from tide_lightning.bench import (
     format_table,
     measure,
 )
-from tide_lightning.losses import masked_diffusion_ce
-from tide_lightning.masking import apply_mask, sample_mask, sample_time
+from tide_lightning.method.losses import masked_diffusion_ce
+from tide_lightning.method.masking import apply_mask, sample_mask, sample_time
 from tide_lightning.models import BlockCache, build_student
 
 

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tide_lightning.evaluation import humaneval_program, load_humaneval
-from tide_lightning.sandbox import check_program, sandbox_capabilities
+from tide_lightning.evaluation.sandbox import check_program, sandbox_capabilities
 
 
 def main() -> None:

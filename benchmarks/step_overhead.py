@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from tide_lightning.builders import build_run
 from tide_lightning.config import load_config
-from tide_lightning.objective import distill_step
+from tide_lightning.method.objective import distill_step
+from tide_lightning.training.builders import build_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SIZES = [

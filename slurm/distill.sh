@@ -6,7 +6,7 @@
 #   RUN_DIR=runs/my-run sbatch slurm/distill.sh conf/cross_llada2.yaml   # fixed run dir
 #
 # How a requeue works: SLURM sends SIGUSR1 to every task 120 s before the time limit;
-# tide_lightning.preemption.PreemptionCheckpoint saves run_dir/checkpoints/last.ckpt at
+# tide_lightning.training.preemption.PreemptionCheckpoint saves run_dir/checkpoints/last.ckpt at
 # the next step boundary on all ranks, rank 0 runs `scontrol requeue $SLURM_JOB_ID`, and
 # the job re-enters the queue with the same job id. When it starts again, this script runs
 # with the same arguments and the same run dir, and `resume: auto` continues from

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tide_lightning.tokenization import (
+from tide_lightning.data.tokenization import (
     load_mistral_v1_tokenizer,
     load_qwen3_tokenizer,
     train_byte_level_bpe,

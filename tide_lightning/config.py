@@ -2,7 +2,7 @@
 
 An unknown or mistyped key fails at load time with the key's name (OmegaConf's
 structured-config checks); cross-field rules live in each group's ``__post_init__``.
-Configs stop here: :mod:`tide_lightning.builders` turns them into typed arguments and
+Configs stop here: :mod:`tide_lightning.training.builders` turns them into typed arguments and
 nothing below that boundary reads a config object.
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tide_lightning.variants import PIPELINES, get_variant
+from tide_lightning.errors import UserError
+from tide_lightning.method.variants import PIPELINES, get_variant
 
 
 @dataclass
@@ -194,7 +195,7 @@ if not OmegaConf.has_resolver("stdlib"):
     OmegaConf.register_resolver("stdlib", _stdlib_dir)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that does not fit the schema."""
 
 
@@ -226,6 +227,7 @@ def _where(err: OmegaConfBaseException) -> str:
     return f" (key: {key})" if key else ""
 
 
-def to_yaml(config: RunConfig) -> str:
+def to_yaml(config: RunConfig, comments: bool = False) -> str:
     """The resolved config as YAML (``print-config``, saved beside checkpoints)."""
+    del comments  # TODO(issue 10): field docstrings as comments
     return OmegaConf.to_yaml(OmegaConf.structured(config))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tide_lightning.alignment.tensors import chunk_id_array
+from tide_lightning.method.alignment.tensors import chunk_id_array
 
 
 @dataclass
@@ -66,14 +66,14 @@ def response_token_mask(
     """Tokenize a chat with the tokenizer's template (thinking disabled) and label answers.
 
     Uses the same content location as the cross pipeline
-    (``tide_lightning.alignment.chat.content_regions``): a token is an answer token when
+    (``tide_lightning.method.alignment.chat.content_regions``): a token is an answer token when
     it starts inside an assistant content or in the end-of-turn text after it, up to
     and including the EOS text, so the model learns to stop; all else is prompt.
 
     Returns:
         (ids, is_answer), one flag per token.
     """
-    from tide_lightning.alignment.chat import content_regions
+    from tide_lightning.method.alignment.chat import content_regions
 
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("chat records need a tokenizer with a chat template")
@@ -136,13 +136,13 @@ def cross_example(
     block_size: int,
     eos_id: int,
 ) -> Example | None:
-    """Cross-pipeline fields from a chunk alignment (``tide_lightning.alignment``).
+    """Cross-pipeline fields from a chunk alignment (``tide_lightning.method.alignment``).
 
     Student EOS fill tokens belong to no chunk (chunk id -1) but are maskable for
     the CE term. Teacher tokens are maskable where they are not prompt.
 
     Args:
-        alignment: a :class:`~tide_lightning.alignment.ChunkAlignment` (``spans`` holds
+        alignment: a :class:`~tide_lightning.method.alignment.ChunkAlignment` (``spans`` holds
             the half-open (s0, s1, t0, t1) token ranges).
         student_prompt: per student token, True for prompt/template; None = none.
         teacher_prompt: per teacher token, likewise.
@@ -230,7 +230,7 @@ class ExampleBuilder:
         return self._cross_example(record)
 
     def _cross_example(self, record: Any) -> Example | None:
-        from tide_lightning import alignment
+        from tide_lightning.method import alignment
 
         kwargs = {"max_student_len": self.max_length, "max_teacher_len": self.teacher_max_length}
         s_tok, t_tok = self.student_tokenizer, self.teacher_tokenizer

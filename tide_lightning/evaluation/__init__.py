@@ -1,6 +1,6 @@
 """Offline evaluation: HumanEval, MBPP and GSM8K scored from any ``generate_fn``.
 
-Model-written code is judged by :func:`tide_lightning.sandbox.check_program`, never
+Model-written code is judged by :func:`tide_lightning.evaluation.sandbox.check_program`, never
 in this process. Other benchmarks go through lm-evaluation-harness
 (:mod:`tide_lightning.evaluation.lm_eval_adapter`, an optional extra).
 """

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tide_lightning.evaluation.sandbox import check_program
 from tide_lightning.evaluation.task import Sample
-from tide_lightning.sandbox import check_program
 
 
 def score_program(

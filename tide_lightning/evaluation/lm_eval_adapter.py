@@ -57,15 +57,15 @@ def load_generate_fn(
         batch_size: prompts decoded together.
         chat: render prompts in the chat template here; leave False when lm_eval renders
             them (``--apply_chat_template``) or the task wants raw text.
-        **sampling: :func:`tide_lightning.sampling.generate` options (``steps_per_block``,
+        **sampling: :func:`tide_lightning.generation.sampling.generate` options (``steps_per_block``,
             ``threshold``, ``temperature``, ...); the block size defaults to the trained one.
 
     Raises:
         ValueError: an option the sampler does not have, or an unknown dtype.
     """
-    from tide_lightning.export import load_any
-    from tide_lightning.sampling import generate
-    from tide_lightning.tools import DTYPES, text_generate_fn
+    from tide_lightning.generation.export import load_any
+    from tide_lightning.generation.sampling import generate
+    from tide_lightning.generation.text import DTYPES, text_generate_fn
 
     fixed = {"student", "prompts", "eos_id", "pad_id", "generator"}
     options = set(inspect.signature(generate).parameters) - fixed

@@ -2,7 +2,7 @@
 
 The student is plain Qwen3 weights; what makes it a block-diffusion model is how it
 is called. Training runs ``[xt ; x0]`` (length ``2L``) with duplicated position ids
-and the block mask of :mod:`tide_lightning.attention`; the LM head runs only on the
+and the block mask of :mod:`tide_lightning.models.masks`; the LM head runs only on the
 noisy positions a loss needs (the vocabulary is 151,936 rows, so a full ``2L x V``
 logit tensor would dominate memory). Sampling reuses the clean half's rule block by
 block with a key/value cache (:mod:`tide_lightning.models.kv_cache`).

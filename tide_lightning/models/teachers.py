@@ -6,7 +6,7 @@ head (``get_output_embeddings()``), run in one of two attention modes (SPEC sect
 - ``bidirectional``: full attention over the teacher's own tokens, padding keys
   removed (LLaDA2, generic masked-diffusion models, the tiny MoE test teacher).
 - ``clean_first``: ``[x0 ; xt]`` with the block-diffusion rule mirrored
-  (:func:`tide_lightning.attention.bd3lm_allowed` with ``clean_first=True``) and
+  (:func:`tide_lightning.models.masks.bd3lm_allowed` with ``clean_first=True``) and
   duplicated position ids (WeDLM). Logits come from the noisy (second) half.
 
 Each kind is one registry entry (:data:`TEACHER_KINDS`) holding its ids, mode and the

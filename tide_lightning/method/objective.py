@@ -1,0 +1,274 @@
+"""SPEC's per-batch algorithm as one function, shared by training and validation.
+
+:func:`distill_step` draws times and masks, runs the student, the teacher passes
+(CompDemo's two passes as one batched forward of ``2B`` rows) and the losses from the
+variant registry, and returns every term so the LightningModule only logs. It knows
+nothing about Lightning or configs: its inputs are tensors, models with the small
+interfaces below, and an :class:`ObjectiveSettings` of plain values.
+
+- student: ``forward_train(xt, x0, logits_at, block_size, attention_mask) -> [N, V]``
+- teacher: ``logits(input_ids, logits_at, attention_mask=None, clean_ids=None) -> [N, V]``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tide_lightning.method.losses import (
+    chunk_log_probs,
+    chunk_probs,
+    gold_log_probs,
+    kl_per_position,
+    masked_diffusion_ce,
+)
+from tide_lightning.method.masking import (
+    apply_mask,
+    chunk_consistent_mask,
+    complementary_chunk_split,
+    complementary_inputs,
+    complementary_split,
+    expand_block_time,
+    merge_complementary,
+    num_chunks_of,
+    sample_mask,
+    sample_time,
+)
+from tide_lightning.method.schedules import tidal_lambda, time_weight
+from tide_lightning.method.variants import Variant, get_variant
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """Plain values that define the training objective (built from the config once)."""
+
+    variant: str = "tide_shared"
+    pipeline: str = "shared"
+    block_size: int = 32
+    student_mask_id: int = 0
+    teacher_mask_id: int | None = None
+    temperature: float = 2.0
+    distill_weight: float = 1.0
+    compdemo: bool = True
+    compdemo_ratio: float = 0.5
+    lambda_init: float = 0.1
+    lambda_max: float = 0.9
+    lambda_shape: str = "cosine"
+    tidal_axis: str = "both"
+    time_weight: str = "midrange"
+    time_eps: float = 1e-3
+    per_block_time: bool = False
+    shared_vocab_size: int | None = None
+    """Token losses compare the first ``shared_vocab_size`` logits (None: the smaller vocab)."""
+
+    def __post_init__(self) -> None:
+        variant = get_variant(self.variant, self.pipeline)
+        if variant.needs_teacher and self.teacher_mask_id is None:
+            raise ValueError(f"variant {self.variant!r} needs a teacher mask id")
+        if self.block_size <= 0 or self.temperature <= 0:
+            raise ValueError("block_size and temperature must be positive")
+        if not 0.0 < self.compdemo_ratio < 1.0:
+            raise ValueError(f"compdemo_ratio must be in (0, 1), got {self.compdemo_ratio}")
+
+    @property
+    def spec(self) -> Variant:
+        return get_variant(self.variant, self.pipeline)
+
+
+@dataclass
+class StepOutput:
+    """Every term of one step; scalars are float32 tensors."""
+
+    loss: Tensor
+    ce: Tensor
+    distill: Tensor
+    mask_rate: Tensor
+    lambda_t_mean: Tensor
+    kl_to_teacher: Tensor | None = None
+    """Forward KL at T = 1 per masked position, Float[N] (shared pipeline)."""
+    kl_t: Tensor | None = None
+    """The diffusion time of each ``kl_to_teacher`` entry (shared) or chunk (cross)."""
+    chunk_kl: Tensor | None = None
+    """Bernoulli KL between teacher and student chunk probabilities, Float[C_active]."""
+    teacher_finite: bool = True
+
+
+def _draw_time(batch: int, length: int, s: ObjectiveSettings, gen, device) -> Tensor:
+    if not s.per_block_time:
+        return sample_time(batch, s.time_eps, gen, device=device)
+    blocks = -(-length // s.block_size)
+    per_block = sample_time(batch, s.time_eps, gen, per_block=blocks, device=device)
+    return expand_block_time(per_block, length, s.block_size)
+
+
+def _position_time(t: Tensor, selected: Tensor) -> Tensor:
+    """Diffusion time of each selected position, Float[N]."""
+    return (t[:, None].expand_as(selected) if t.dim() == 1 else t)[selected]
+
+
+def _shared_vocab(student: Tensor, teacher: Tensor, limit: int | None) -> tuple[Tensor, Tensor]:
+    vocab = min(student.shape[-1], teacher.shape[-1], limit or student.shape[-1])
+    return student[:, :vocab], teacher[:, :vocab]
+
+
+def _zero(like: Tensor) -> Tensor:
+    return like.new_zeros((), dtype=torch.float32)
+
+
+def distill_step(
+    student,
+    teacher,
+    batch: dict[str, Tensor],
+    settings: ObjectiveSettings,
+    progress: float,
+    generator: torch.Generator | None = None,
+) -> StepOutput:
+    """Run one training (or validation) step of the selected variant.
+
+    Args:
+        student: block-diffusion student (see module docstring).
+        teacher: teacher adapter, or None for the ``ce`` variant.
+        batch: the collated batch (shared-pipeline keys, plus the cross keys).
+        settings: the objective.
+        progress: ``global_step / total_steps`` for TIDAL.
+        generator: RNG for times, masks and CompDemo splits (fixed in validation).
+
+    Returns:
+        A :class:`StepOutput`; ``loss = ce + distill_weight * distill``.
+    """
+    if settings.pipeline == "cross":
+        return _cross_step(student, teacher, batch, settings, progress, generator)
+    return _shared_step(student, teacher, batch, settings, progress, generator)
+
+
+def _student_pass(student, batch, masked: Tensor, t: Tensor, s: ObjectiveSettings):
+    """Student logits at ``masked`` (Float[N, V]), the CE term, and the mask rate."""
+    x0, maskable = batch["input_ids"], batch["maskable"]
+    xt = apply_mask(x0, masked, s.student_mask_id)
+    logits = student.forward_train(xt, x0, masked, s.block_size, batch.get("attention_mask"))
+    ce = masked_diffusion_ce(logits, x0, masked, t, maskable)
+    return logits, ce, masked.sum() / maskable.sum().clamp(min=1)
+
+
+def _shared_step(student, teacher, batch, s: ObjectiveSettings, progress, gen) -> StepOutput:
+    x0, maskable = batch["input_ids"], batch["maskable"]
+    attention_mask = batch.get("attention_mask")
+    t = _draw_time(x0.shape[0], x0.shape[1], s, gen, x0.device)
+    masked = sample_mask(x0, maskable, t, gen)
+    logits, ce, mask_rate = _student_pass(student, batch, masked, t, s)
+    variant = s.spec
+    if not variant.needs_teacher:
+        return StepOutput(ce, ce, _zero(ce), mask_rate, _zero(ce))
+
+    if s.compdemo:
+        half_a, half_b = complementary_split(masked, s.compdemo_ratio, gen)
+        ids, wanted = complementary_inputs(x0, half_a, half_b, s.teacher_mask_id)
+        pair = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+        both = teacher.logits(ids, wanted, attention_mask=pair, clean_ids=torch.cat([x0, x0]))
+        teacher_logits = merge_complementary(both, half_a, half_b)
+    else:
+        teacher_ids = apply_mask(x0, masked, s.teacher_mask_id)
+        teacher_logits = teacher.logits(
+            teacher_ids, masked, attention_mask=attention_mask, clean_ids=x0
+        )
+    student_v, teacher_v = _shared_vocab(logits, teacher_logits, s.shared_vocab_size)
+    t_pos = _position_time(t, masked)
+    lam = tidal_lambda(t_pos, progress, s.lambda_init, s.lambda_max, s.lambda_shape, s.tidal_axis)
+    weight = time_weight(t_pos, s.time_weight)
+    distill = variant.loss(student_v, teacher_v, lam=lam, weight=weight, temperature=s.temperature)
+    lam_mean = lam.mean() if lam.numel() else _zero(ce)
+    # The diagnostic KL is NaN/inf in exactly the rows where the teacher's logits are
+    # (+inf or NaN): checking Float[N] spares a second pass over Float[N, V].
+    kl = kl_per_position(student_v, teacher_v)
+    return StepOutput(
+        loss=ce + s.distill_weight * distill,
+        ce=ce,
+        distill=distill,
+        mask_rate=mask_rate,
+        lambda_t_mean=lam_mean if variant.uses_tidal else _zero(ce),
+        kl_to_teacher=kl,
+        kl_t=t_pos,
+        teacher_finite=bool(torch.isfinite(kl).all()),
+    )
+
+
+def _token_grid(values: Tensor, selected: Tensor) -> Tensor:
+    """Scatter Float[N] values into a zero Float[B, L] grid at ``selected`` (differentiable)."""
+    return torch.zeros(selected.shape, dtype=values.dtype, device=values.device).masked_scatter(
+        selected, values
+    )
+
+
+def _cross_step(student, teacher, batch, s: ObjectiveSettings, progress, gen) -> StepOutput:
+    x0, maskable = batch["input_ids"], batch["maskable"]
+    s_chunks, t_chunks = batch["student_chunk_ids"], batch["teacher_chunk_ids"]
+    num_chunks = num_chunks_of(s_chunks, t_chunks)
+    t = _draw_time(x0.shape[0], x0.shape[1], s, gen, x0.device)
+    drawn = sample_mask(x0, maskable, t, gen)
+    masked, teacher_masked, chunk_masked, active = chunk_consistent_mask(
+        drawn, maskable, s_chunks, t_chunks, num_chunks
+    )
+    logits, ce, mask_rate = _student_pass(student, batch, masked, t, s)
+    variant = s.spec
+    if not variant.needs_teacher:
+        return StepOutput(ce, ce, _zero(ce), mask_rate, _zero(ce))
+
+    tx0 = batch["teacher_input_ids"]
+    t_attention = batch.get("teacher_attention_mask")
+    if s.compdemo:
+        _, _, half_a, half_b = complementary_chunk_split(
+            chunk_masked, s_chunks, t_chunks, s.compdemo_ratio, gen
+        )
+        ids, wanted = complementary_inputs(tx0, half_a, half_b, s.teacher_mask_id)
+        pair = None if t_attention is None else torch.cat([t_attention, t_attention])
+        both = teacher.logits(ids, wanted, attention_mask=pair)
+        targets = torch.cat([tx0, tx0])[wanted]
+        grid = _token_grid(gold_log_probs(both, targets), wanted)
+        teacher_token_lp = grid[: tx0.shape[0]] + grid[tx0.shape[0] :]
+    else:
+        ids = apply_mask(tx0, teacher_masked, s.teacher_mask_id)
+        teacher_logits = teacher.logits(ids, teacher_masked, attention_mask=t_attention)
+        teacher_token_lp = _token_grid(
+            gold_log_probs(teacher_logits, tx0[teacher_masked]), teacher_masked
+        )
+    teacher_lp = chunk_log_probs(teacher_token_lp, t_chunks, num_chunks)[active]
+    student_token_lp = _token_grid(gold_log_probs(logits, x0[masked]), masked)
+    student_lp = chunk_log_probs(student_token_lp, s_chunks, num_chunks)[active]
+
+    t_chunk = (
+        t[:, None].expand_as(active)[active] if t.dim() == 1 else _chunk_time(t, s_chunks, active)
+    )
+    lam = tidal_lambda(t_chunk, progress, s.lambda_init, s.lambda_max, s.lambda_shape, s.tidal_axis)
+    weight = time_weight(t_chunk, s.time_weight)
+    distill = variant.loss(
+        student_lp, teacher_lp, lam=lam, weight=weight, temperature=s.temperature
+    )
+    return StepOutput(
+        loss=ce + s.distill_weight * distill,
+        ce=ce,
+        distill=distill,
+        mask_rate=mask_rate,
+        lambda_t_mean=lam.mean() if variant.uses_tidal and lam.numel() else _zero(ce),
+        chunk_kl=chunk_bernoulli_kl(student_lp.detach(), teacher_lp),
+        kl_t=t_chunk,
+        teacher_finite=bool(torch.isfinite(teacher_lp).all()),
+    )
+
+
+def _chunk_time(t: Tensor, chunk_ids: Tensor, active: Tensor) -> Tensor:
+    """Per-block times Float[B, L] -> the mean time of each active chunk's tokens, Float[C_active]."""
+    num_chunks = active.shape[1]
+    # chunk_log_probs is a per-chunk scatter-sum; here it sums times and token counts.
+    total = chunk_log_probs(t, chunk_ids, num_chunks)
+    count = chunk_log_probs(torch.ones_like(t), chunk_ids, num_chunks)
+    return (total / count.clamp(min=1))[active]
+
+
+@torch.no_grad()
+def chunk_bernoulli_kl(student_lp: Tensor, teacher_lp: Tensor) -> Tensor:
+    """``KL(Bern(t_c) || Bern(s_c))`` per chunk at temperature 1 (a diagnostic), Float[C]."""
+    s = chunk_probs(student_lp, 1.0)
+    t = chunk_probs(teacher_lp, 1.0)
+    return t * (t.log() - s.log()) + (1 - t) * (torch.log1p(-t) - torch.log1p(-s))

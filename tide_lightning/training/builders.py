@@ -1,0 +1,364 @@
+"""The one boundary where a :class:`~tide_lightning.config.RunConfig` becomes objects.
+
+Everything downstream (models, data, module, trainer) receives typed arguments; no
+class below this file reads a config. The teacher is built lazily by a picklable
+:class:`TeacherFactory` inside the LightningModule's ``setup`` hook, because sharding
+it needs the process group that Lightning only creates when ``fit`` starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+from tide_lightning.config import RunConfig, SourceConfig, TokenizerConfig
+from tide_lightning.data import DistillDataModule, SourceSpec, open_source
+from tide_lightning.data.sources import SkipLog
+from tide_lightning.data.tokenization import (
+    load_qwen3_tokenizer,
+    train_byte_level_bpe,
+    train_unigram_metaspace,
+)
+from tide_lightning.method.objective import ObjectiveSettings
+from tide_lightning.method.variants import get_variant
+from tide_lightning.models import build_student, load_student
+from tide_lightning.models.frozen import TeacherHolder, hold_teacher, setup_teacher
+from tide_lightning.models.teachers import build_tiny_moe_teacher
+from tide_lightning.training.callbacks import DataSkipLogger
+from tide_lightning.training.module import DistillationModule, OptimSettings
+from tide_lightning.training.preemption import PreemptionCheckpoint
+
+
+def source_specs(sources: list[SourceConfig]) -> list[SourceSpec]:
+    return [SourceSpec(s.kind, s.path, s.weight, s.field, s.split) for s in sources]
+
+
+def _training_texts(specs: list[SourceSpec], limit: int):
+    skips = SkipLog(max_warnings=0)
+    count = 0
+    for spec in specs:
+        source = open_source(spec)
+        for i in range(len(source)):
+            record = source.read(i, skips)
+            if record is None:
+                continue
+            if record.text is not None:
+                yield record.text
+            else:
+                yield from (m["content"] for m in record.messages)
+            count += 1
+            if count >= limit:
+                return
+
+
+def build_tokenizer(config: TokenizerConfig, sources: list[SourceSpec], cache_dir: Path):
+    """A tokenizer from a directory, the packaged Qwen3 one, or trained on ``sources``.
+
+    Trained tokenizers are saved to ``cache_dir`` and reused, so every rank, every
+    resume and the exported model see the same vocabulary.
+    """
+    if config.source == "qwen3":
+        return load_qwen3_tokenizer()
+    if config.source not in ("bpe", "unigram"):
+        return load_tokenizer_dir(config.source)
+    if (cache_dir / "tokenizer.json").is_file():
+        return load_tokenizer_dir(cache_dir)
+    texts = list(_training_texts(sources, config.train_docs))
+    train = train_byte_level_bpe if config.source == "bpe" else train_unigram_metaspace
+    tokenizer = train(texts, config.vocab_size)
+    # Several ranks may train the same tokenizer at once: publish it atomically.
+    staging = cache_dir.with_name(f"{cache_dir.name}.tmp{os.getpid()}")
+    tokenizer.save_pretrained(str(staging))
+    try:
+        staging.replace(cache_dir)
+    except OSError:  # another rank published first
+        shutil.rmtree(staging, ignore_errors=True)
+    return tokenizer
+
+
+def _rows(tokenizer) -> int:
+    return -(-len(tokenizer) // 64) * 64
+
+
+@dataclass(frozen=True)
+class TeacherFactory:
+    """Builds the frozen (and, with several processes, ZeRO-3 sharded) teacher.
+
+    A checkpoint goes through :func:`~tide_lightning.models.frozen.setup_teacher`; without
+    a path, a random ``tiny_moe`` teacher is built in-process (tests, quick runs).
+    """
+
+    kind: str
+    path: str | None
+    sharding: str
+    block_size: int
+    vocab_size: int
+    mask_token_id: int | None
+    pad_token_id: int | None
+    trust_remote_code: bool | None
+    hidden_size: int
+    num_layers: int
+    seed: int
+
+    def __call__(self) -> TeacherHolder:
+        if self.path is not None:
+            return setup_teacher(
+                self.kind,
+                self.path,
+                backend=self.sharding,
+                block_size=self.block_size,
+                trust_remote_code=self.trust_remote_code,
+                mask_token_id=self.mask_token_id,
+            )
+        if self.kind != "tiny_moe":
+            raise ValueError(f"teacher kind {self.kind!r} needs teacher.path")
+        adapter = build_tiny_moe_teacher(
+            self.vocab_size,
+            self.mask_token_id,
+            self.pad_token_id,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            seed=self.seed,
+        )
+        return hold_teacher(adapter, self.sharding)
+
+
+@dataclass
+class Run:
+    """Everything ``fit`` and ``validate`` need, built from one config."""
+
+    config: RunConfig
+    module: DistillationModule
+    datamodule: DistillDataModule
+    trainer: L.Trainer
+    student_tokenizer: object
+    teacher_tokenizer: object | None
+
+
+def _objective(config: RunConfig, student_mask: int, teacher_mask: int | None) -> ObjectiveSettings:
+    """The config's objective group plus what only the run knows (ids, resolved defaults)."""
+    from tide_lightning.models.teachers import teacher_kind
+
+    o = config.objective
+    shared_vocab = o.shared_vocab_size
+    if shared_vocab is None and config.teacher is not None:
+        shared_vocab = teacher_kind(config.teacher.kind).shared_vocab_size
+    resolved = dataclasses.asdict(o) | {
+        "pipeline": config.pipeline,
+        "student_mask_id": student_mask,
+        "teacher_mask_id": teacher_mask,
+        "temperature": o.temperature or (5.0 if config.pipeline == "cross" else 2.0),
+        "compdemo": get_variant(o.variant).compdemo if o.compdemo is None else o.compdemo,
+        "shared_vocab_size": shared_vocab,
+    }
+    return ObjectiveSettings(**resolved)
+
+
+def _student(config: RunConfig, tokenizer):
+    s = config.student
+    if s.path is not None:
+        student, _ = load_student(s.path, attention=s.attention)
+    elif s.arch == "tiny_moe":
+        student = build_tiny_moe_teacher(
+            _rows(tokenizer),
+            tokenizer.mask_token_id,
+            tokenizer.pad_token_id,
+            hidden_size=s.hidden_size,
+            num_layers=s.num_layers,
+            num_heads=s.num_heads,
+            num_kv_heads=s.num_kv_heads,
+            num_experts=s.num_experts,
+            seed=config.seed,
+            frozen=False,
+        )
+    else:
+        student = build_student(
+            _rows(tokenizer),
+            s.hidden_size,
+            s.num_layers,
+            s.num_heads,
+            tokenizer.mask_token_id,
+            num_kv_heads=s.num_kv_heads,
+            intermediate_size=s.intermediate_size,
+            attention=s.attention,
+            seed=config.seed,
+        )
+    if s.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+    return student
+
+
+def teacher_tokenizer_of(config: RunConfig, specs: list[SourceSpec], run_dir: Path):
+    teacher = config.teacher
+    if config.pipeline != "cross" or teacher is None:
+        return None
+    if teacher.tokenizer is not None:
+        return build_tokenizer(teacher.tokenizer, specs, run_dir / "teacher_tokenizer")
+    if teacher.path is None:
+        raise ValueError("the cross pipeline needs teacher.tokenizer or teacher.path")
+    return load_tokenizer_dir(teacher.path)
+
+
+def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
+    """Tokenizers, student, teacher factory, data, module and trainer from ``config``."""
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    specs = source_specs(config.data.sources)
+    if not specs:
+        raise ValueError("data.sources is empty: give at least one training source")
+    if config.student.path is not None:  # the checkpoint's own tokenizer, with <|mask|>
+        student_tok = load_tokenizer_dir(config.student.path)
+    else:
+        student_tok = build_tokenizer(
+            config.student.tokenizer, specs, run_dir / "student_tokenizer"
+        )
+    teacher_tok = teacher_tokenizer_of(config, specs, run_dir)
+    student = _student(config, student_tok)
+
+    factory, teacher_mask = None, None
+    variant_needs_teacher = config.objective.variant != "ce"
+    if variant_needs_teacher:
+        t = config.teacher
+        vocab_tok = teacher_tok if teacher_tok is not None else student_tok
+        teacher_mask = resolve_teacher_mask(t.kind, t.path, t.mask_token_id, vocab_tok)
+        factory = TeacherFactory(
+            t.kind, t.path, t.sharding, config.objective.block_size, _rows(vocab_tok),
+            teacher_mask, vocab_tok.pad_token_id, t.trust_remote_code, t.hidden_size,
+            t.num_layers, config.seed + 1,
+        )  # fmt: skip
+
+    tr = config.trainer
+    o = config.optim
+    optim = OptimSettings(
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        betas=tuple(o.betas),
+        warmup_ratio=o.warmup_ratio,
+        min_lr_ratio=o.min_lr_ratio,
+        total_steps=tr.max_steps,
+        max_bad_steps=o.max_bad_steps,
+    )
+    mask_id = student_tok.mask_token_id
+    module = DistillationModule(
+        student,
+        None,
+        _objective(config, mask_id, teacher_mask),
+        optim,
+        seed=config.seed,
+        teacher_factory=factory,
+    )
+    d = config.data
+    datamodule = DistillDataModule(
+        specs,
+        student_tok,
+        val_sources=source_specs(d.val_sources),
+        teacher_tokenizer=teacher_tok,
+        pipeline=config.pipeline,
+        max_length=d.max_length,
+        teacher_max_length=d.teacher_max_length,
+        block_size=config.objective.block_size,
+        batch_size=d.batch_size,
+        num_workers=d.num_workers,
+        seed=config.seed,
+        pack_text=d.pack_text,
+        val_batches=d.val_batches,
+    )
+    trainer = build_trainer(config, callbacks)
+    return Run(config, module, datamodule, trainer, student_tok, teacher_tok)
+
+
+def load_tokenizer_dir(path: str | Path):
+    """A tokenizer saved in a local directory (nothing downloads)."""
+    from transformers import AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"tokenizer directory {str(path)!r} does not exist")
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def resolve_teacher_mask(kind: str, path: str | None, override: int | None, tokenizer) -> int:
+    """The teacher's mask id: the override, the kind's registry entry, the checkpoint's
+    ``config.json`` (``mask_token_id``), or its tokenizer's mask token, in that order."""
+    from tide_lightning.models.teachers import teacher_kind
+
+    candidates = [override, teacher_kind(kind).mask_token_id]
+    if path is not None and (Path(path) / "config.json").is_file():
+        candidates.append(json.loads((Path(path) / "config.json").read_text()).get("mask_token_id"))
+    candidates.append(tokenizer.mask_token_id)
+    for candidate in candidates:
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError(f"no mask id for teacher {kind!r} at {path!r}: set teacher.mask_token_id")
+
+
+def build_trainer(config: RunConfig, callbacks: list | None = None) -> L.Trainer:
+    """A Trainer with TensorBoard logging and step checkpoints in ``run_dir``."""
+    tr = config.trainer
+    cuda = torch.cuda.is_available() and tr.accelerator in ("auto", "gpu", "cuda")
+    precision = tr.precision or ("bf16-mixed" if cuda else "32-true")
+    strategy = tr.strategy
+    if strategy == "auto" and tr.devices * tr.num_nodes > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=False)
+    checkpoints = ModelCheckpoint(
+        dirpath=str(Path(config.run_dir) / "checkpoints"),
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=tr.checkpoint_every_n_steps,
+        save_top_k=-1,
+        save_last=True,
+        enable_version_counter=False,  # a preemption's last.ckpt is overwritten, not last-v1
+    )
+    return L.Trainer(
+        accelerator=tr.accelerator,
+        devices=tr.devices,
+        num_nodes=tr.num_nodes,
+        strategy=strategy,
+        precision=precision,
+        max_steps=tr.max_steps,
+        gradient_clip_val=tr.gradient_clip_val,
+        accumulate_grad_batches=tr.accumulate_grad_batches,
+        val_check_interval=tr.val_check_interval,
+        check_val_every_n_epoch=None,
+        limit_val_batches=tr.limit_val_batches,
+        log_every_n_steps=tr.log_every_n_steps,
+        enable_progress_bar=tr.enable_progress_bar,
+        logger=TensorBoardLogger(config.run_dir, name="tensorboard", version=""),
+        callbacks=[
+            checkpoints,
+            LearningRateMonitor("step"),
+            DataSkipLogger(),
+            PreemptionCheckpoint(Path(config.run_dir) / "checkpoints" / "last.ckpt"),
+            *(callbacks or []),
+        ],
+        # Lightning's own SLURM requeue saves inside the signal handler, which can hang:
+        # PreemptionCheckpoint does it at a step boundary instead.
+        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
+        default_root_dir=config.run_dir,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
+
+
+def resume_path(config: RunConfig) -> str | None:
+    """The checkpoint ``fit`` resumes from: ``resume`` = auto, never, or a path."""
+    if config.resume == "never":
+        return None
+    if config.resume != "auto":
+        if not Path(config.resume).is_file():
+            raise FileNotFoundError(f"resume checkpoint {config.resume!r} does not exist")
+        return config.resume
+    last = Path(config.run_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
