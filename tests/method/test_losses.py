@@ -21,6 +21,7 @@ from tide_lightning.method.losses import (
     calm_from_probs,
     kl_per_position,
     reverse_calm_from_probs,
+    reverse_chunk_tidal_loss,
     rowwise,
 )
 
@@ -277,3 +278,52 @@ def test_reverse_calm_is_zero_gradient_for_uncertain_teacher():
 def test_shape_mismatch_is_rejected():
     with pytest.raises(ValueError, match="same shape"):
         forward_kl_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# -- reverse chunk TIDAL (published reverse_alm_taid) ------------------------------------------
+
+
+def test_reverse_chunk_tidal_hand_value():
+    s_lp = torch.tensor([math.log(0.4)])
+    t_lp = torch.tensor([math.log(0.8)])
+    # m = 0.5 * 0.4 + 0.5 * 0.8 = 0.6; l = -(0.4 ln 0.6 + 0.6 ln 0.4) = 0.7541047
+    loss = reverse_chunk_tidal_loss(s_lp, t_lp, torch.tensor([0.5]), temperature=1.0)
+    assert loss.item() == pytest.approx(-(0.4 * math.log(0.6) + 0.6 * math.log(0.4)), abs=1e-6)
+    weighted = reverse_chunk_tidal_loss(
+        s_lp.repeat(2), t_lp.repeat(2), torch.full((2,), 0.5), 1.0, torch.tensor([1.0, 0.0])
+    )
+    assert weighted.item() == pytest.approx(loss.item() / 2, abs=1e-6)
+
+
+def test_reverse_chunk_tidal_at_lambda_one_is_reverse_calm():
+    g = torch.Generator().manual_seed(1)
+    s_lp, t_lp = -3 * torch.rand(8, generator=g), -3 * torch.rand(8, generator=g)
+    ours = reverse_chunk_tidal_loss(s_lp, t_lp, torch.ones(8), temperature=2.0)
+    assert ours.item() == pytest.approx(reverse_calm_loss(s_lp, t_lp, 2.0).item(), rel=1e-6)
+
+
+def test_reverse_chunk_tidal_identical_inputs_give_zero_gradient_at_one_half():
+    # With s = t the target is s itself; the gradient -logit(m) vanishes where m = 0.5.
+    s_lp = torch.tensor([math.log(0.5)], requires_grad=True)
+    reverse_chunk_tidal_loss(s_lp, s_lp.detach(), torch.tensor([0.3]), 1.0).backward()
+    assert s_lp.grad.abs().item() < 1e-6
+
+
+def test_reverse_chunk_tidal_gradient_is_bounded_as_the_student_vanishes():
+    # dl/dLP = -logit(m) * s / T: bounded by ln(1e7) / T, while forward chunk TIDAL explodes.
+    t_lp = torch.tensor([math.log(0.9)])
+    for s0 in (1e-2, 1e-5, 1e-7):
+        s_lp = torch.tensor([math.log(s0)], requires_grad=True)
+        reverse_chunk_tidal_loss(s_lp, t_lp, torch.tensor([0.2]), temperature=1.0).backward()
+        assert s_lp.grad.abs().item() <= math.log(1e7) + 1e-3
+        s = torch.tensor([s0], requires_grad=True)
+        m = (0.8 * s + 0.2 * 0.9).detach()
+        reverse_calm_from_probs(s, m).sum().backward()
+        assert s.grad.item() == pytest.approx(-math.log(m.item() / (1 - m.item())), rel=1e-5)
+
+
+def test_reverse_chunk_tidal_without_chunks_is_zero_and_connected():
+    s_lp = torch.zeros(0, requires_grad=True)
+    loss = reverse_chunk_tidal_loss(s_lp, torch.zeros(0), torch.zeros(0), 5.0)
+    loss.backward()
+    assert loss.item() == 0.0 and s_lp.grad is not None

@@ -7,6 +7,12 @@ distillation loss is called the same way:
 and ``teacher`` are token logits ``[N, V]`` (level "token") or chunk log-probs
 ``[C]`` (level "chunk"); losses that ignore ``lam`` or ``weight`` say so by not
 using the TIDAL schedule.
+
+Composite variants (the published ``taid+kl``) are token-level terms joined by ``+``:
+their loss is the sum of the terms' losses on the same positions (one student pass,
+one teacher pass). ``tide_shared+kl`` is registered; any other ``a+b`` of token-level
+variants is built on demand by :func:`get_variant`, from the same registry. Chunk-level
+terms do not compose (as in the published trainer, whose ALM modes refuse ``+``).
 """
 
 from __future__ import annotations
@@ -21,11 +27,21 @@ from tide_lightning.method.losses import (
     chunk_tidal_loss,
     forward_kl_loss,
     reverse_calm_loss,
+    reverse_chunk_tidal_loss,
     reverse_kl_loss,
     tidal_loss,
 )
 
 PIPELINES = ("shared", "cross")
+
+PIPELINE_DEFAULTS: dict[str, dict[str, object]] = {
+    # The published scripts: distill_wedlm.sh sets KL_TEMPERATURE=2.0 and
+    # TAID_TIMESTEP_WEIGHT=midrange; distill_llada2.sh sets ALM_TEMPERATURE=5.0 and leaves
+    # the time weight at the trainer's default, uniform.
+    "shared": {"temperature": 2.0, "time_weight": "midrange"},
+    "cross": {"temperature": 5.0, "time_weight": "uniform"},
+}
+"""Objective settings whose published value depends on the pipeline (config ``None``)."""
 
 DistillLoss = Callable[..., Tensor]
 
@@ -46,6 +62,8 @@ class Variant:
     compdemo: bool = False
     """CompDemo's default for the variant (a config switch overrides it)."""
     description: str = ""
+    terms: tuple[str, ...] = ()
+    """The registered variants a composite adds up, ``()`` for a single term."""
 
     @property
     def needs_teacher(self) -> bool:
@@ -76,6 +94,12 @@ def _chunk_tidal(student: Tensor, teacher: Tensor, *, lam, weight, temperature: 
     return chunk_tidal_loss(student, teacher, lam, temperature, weight)
 
 
+def _reverse_chunk_tidal(
+    student: Tensor, teacher: Tensor, *, lam, weight, temperature: float
+) -> Tensor:
+    return reverse_chunk_tidal_loss(student, teacher, lam, temperature, weight)
+
+
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
@@ -104,15 +128,86 @@ VARIANTS: dict[str, Variant] = {
             compdemo=True,
             description="L_CE + chunk-space TIDAL + CompDemo",
         ),
+        Variant(
+            "reverse_tide_shared_chunk",
+            ("cross",),
+            "chunk",
+            _reverse_chunk_tidal,
+            uses_tidal=True,
+            compdemo=True,
+            description="L_CE + reverse chunk-space TIDAL + CompDemo (published reverse_alm_taid)",
+        ),
+        # TIDE-Cross (B) of the paper's table: the reverse objective on the WeDLM teacher.
+        # Its positions are those of the shared step (the aligned assistant-content
+        # positions when the aligned shared pipeline is on), as for every token variant.
+        Variant(
+            "tide_cross_shared",
+            ("shared",),
+            "token",
+            _reverse_kl,
+            description="L_CE + reverse KL, TIDE-Cross (B) (published reverse_kl_aligned)",
+        ),
     )
 }
 
 
+def _composite(name: str) -> Variant:
+    """The variant ``a+b+...``: token-level terms whose losses are added."""
+    parts = tuple(p.strip() for p in name.split("+"))
+    if len(parts) < 2 or len(set(parts)) != len(parts):
+        raise ValueError(f"composite variant {name!r} needs two or more distinct terms")
+    terms = []
+    for part in parts:
+        if part not in VARIANTS:
+            raise ValueError(f"unknown term {part!r} in composite variant {name!r}")
+        term = VARIANTS[part]
+        if term.level != "token" or term.terms:
+            raise ValueError(
+                f"composite variant {name!r}: term {part!r} is not a single token-level "
+                "loss (chunk losses and ce do not compose)"
+            )
+        terms.append(term)
+    pipelines = tuple(p for p in PIPELINES if all(p in t.pipelines for t in terms))
+    losses = tuple(t.loss for t in terms)
+
+    def loss(student: Tensor, teacher: Tensor, *, lam, weight, temperature: float) -> Tensor:
+        total = losses[0](student, teacher, lam=lam, weight=weight, temperature=temperature)
+        for term_loss in losses[1:]:
+            total = total + term_loss(
+                student, teacher, lam=lam, weight=weight, temperature=temperature
+            )
+        return total
+
+    return Variant(
+        name,
+        pipelines,
+        "token",
+        loss,
+        uses_tidal=any(t.uses_tidal for t in terms),
+        compdemo=any(t.compdemo for t in terms),
+        description=" + ".join(t.description.removeprefix("L_CE + ") for t in terms),
+        terms=parts,
+    )
+
+
+# The published composite ``taid+kl``: TIDAL (with CompDemo) plus forward KL.
+VARIANTS["tide_shared+kl"] = _composite("tide_shared+kl")
+
+
 def get_variant(name: str, pipeline: str | None = None) -> Variant:
-    """Look a variant up, failing with the accepted names (and pipeline) when it is wrong."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
-    variant = VARIANTS[name]
+    """Look a variant up, failing with the accepted names (and pipeline) when it is wrong.
+
+    A name ``a+b`` that is not registered is built from registered token-level terms.
+    """
+    if name in VARIANTS:
+        variant = VARIANTS[name]
+    elif "+" in name:
+        variant = _composite(name)
+    else:
+        raise ValueError(
+            f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}, "
+            "or token-level terms joined by '+'"
+        )
     if pipeline is not None and pipeline not in variant.pipelines:
         raise ValueError(
             f"variant {name!r} runs in the {'/'.join(variant.pipelines)} pipeline, not {pipeline!r}"

@@ -8,6 +8,7 @@ from tide_lightning.method.losses.chunk_losses import (
     chunk_tidal_loss,
     reverse_calm_from_probs,
     reverse_calm_loss,
+    reverse_chunk_tidal_loss,
 )
 from tide_lightning.method.losses.rowwise import gold_log_probs
 from tide_lightning.method.losses.token_losses import (
@@ -30,6 +31,7 @@ __all__ = [
     "masked_diffusion_ce",
     "reverse_calm_from_probs",
     "reverse_calm_loss",
+    "reverse_chunk_tidal_loss",
     "reverse_kl_loss",
     "tidal_loss",
 ]

@@ -122,3 +122,40 @@ def chunk_tidal_loss(
     if weight is not None:
         losses = losses * weight.float()
     return _mean(losses)
+
+
+def reverse_chunk_tidal_loss(
+    student_chunk_logp: Tensor,
+    teacher_chunk_logp: Tensor,
+    lam: Tensor,
+    temperature: float = 5.0,
+    weight: Tensor | None = None,
+    eps: float = CHUNK_EPS,
+) -> Tensor:
+    """Reverse chunk-space TIDAL (the published ``reverse_alm_taid``, SPEC section 5).
+
+    The same detached target ``m_c`` as :func:`chunk_tidal_loss`, with the roles of the
+    Bernoulli cross-entropy swapped as in Reverse CALM: ``l_c = -[s_c log m_c +
+    (1 - s_c) log(1 - m_c)]``. So ``dl/ds_c = -logit(m_c)``, bounded by ``ln(1/eps)``
+    through the clamp, where the forward form's ``(s - m) / (s (1 - s))`` grows without
+    bound as ``s_c -> 0``. Weighted by ``w`` and divided by the active-chunk count; no
+    ``T^2``.
+
+    Args:
+        student_chunk_logp: Float[C] student ``LP_c`` (with gradient).
+        teacher_chunk_logp: Float[C] teacher ``LP_c`` (no gradient).
+        lam: Float[C] per-chunk ``lambda_t``.
+        temperature: ``T``.
+        weight: Float[C] time weights, ``None`` for 1.
+
+    Returns:
+        Float32 scalar (0, graph-connected, when there is no active chunk).
+    """
+    s = chunk_probs(student_chunk_logp, temperature, eps)
+    t = chunk_probs(teacher_chunk_logp.detach(), temperature, eps)
+    lam = lam.float()
+    target = ((1.0 - lam) * s + lam * t).detach().clamp(eps, 1.0 - eps)
+    losses = _bernoulli_ce(s, target)
+    if weight is not None:
+        losses = losses * weight.float()
+    return _mean(losses)
