@@ -48,6 +48,16 @@ def _print_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _plan_args(parser: argparse.ArgumentParser) -> None:
+    _config_args(parser)
+    parser.add_argument(
+        "--world-size", type=int, nargs="+", default=[1, 2, 4, 8], help="world sizes to plan"
+    )
+    parser.add_argument(
+        "--gpus-per-node", type=int, default=None, help="default: the config's trainer.devices"
+    )
+
+
 def _demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="where the demo writes its runs")
     parser.add_argument("--steps", type=int, default=None, help="training steps per student")
@@ -146,6 +156,13 @@ def print_config_command(args: argparse.Namespace) -> None:
     from tide_lightning.config import to_yaml
 
     print(to_yaml(_load_config(args), comments=args.comments), end="")
+
+
+def plan_command(args: argparse.Namespace) -> None:
+    from tide_lightning.training.plan import load_plan_config, plan
+
+    config = load_plan_config(args.config, args.overrides)
+    print(plan(config, args.world_size, args.gpus_per_node), end="")
 
 
 def demo_command(args: argparse.Namespace) -> None:
@@ -283,6 +300,11 @@ COMMANDS: dict[str, Command] = {
         "print the resolved, validated config with effective values",
         _print_config_args,
         print_config_command,
+    ),
+    "plan": (
+        "per-rank memory and teacher traffic from the configs, no weights (meta device)",
+        _plan_args,
+        plan_command,
     ),
     "demo": (
         "the main job on the embedded default: tiny models, bundled corpus, CPU",
