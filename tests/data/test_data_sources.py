@@ -49,17 +49,19 @@ def test_jsonl_bad_input_skipped_counted_and_named(tmp_path, caplog):
         "too_long": 1,
         "bad_messages": 1,
     }
-    assert f"{path}:2" in caplog.text and f"{path}:3" in caplog.text and f"{path}:10" in caplog.text
+    assert f"{path}:2" in caplog.text and f"{path}:3" in caplog.text and f"{path}:5" in caplog.text
+    assert f"{path}:10" not in caplog.text  # the second missing_field: counted, not warned
 
 
-def test_warnings_are_capped(tmp_path, caplog):
-    path = write_jsonl(tmp_path / "bad.jsonl", ["{oops"] * 20)
+def test_warnings_once_per_reason(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "bad.jsonl", ["{oops"] * 20 + [{"text": " "}] * 3)
     src = open_source(SourceSpec("jsonl", str(path)))
-    skips = SkipLog(max_warnings=5)
+    skips = SkipLog()
     with caplog.at_level(logging.WARNING):
         _read_all(src, skips)
-    assert skips.counts["malformed_json"] == 20
-    assert caplog.text.count("skipped record") == 5
+    assert skips.counts == {"malformed_json": 20, "empty": 3}
+    assert caplog.text.count("skipped record") == 2
+    assert f"{path}:1:" in caplog.text and f"{path}:21" in caplog.text
 
 
 def test_explicit_field(tmp_path):

@@ -53,7 +53,7 @@ def _run(dm, rank, world, n, state=None):
 
 
 def _merge(states):
-    return {"rows": [s["rows"][0] for s in states], "workers": states[0]["workers"]}
+    return {**states[0], "rows": [s["rows"][0] for s in states]}
 
 
 def test_mixture_shards_are_disjoint_and_cover_each_epoch():
@@ -235,3 +235,13 @@ def test_cross_pipeline_stream_resumes_exactly(small_bpe, small_unigram, corpus)
     }  # fmt: skip
     assert batch["student_chunk_ids"].shape == batch["input_ids"].shape
     assert (batch["teacher_input_ids"][~batch["teacher_attention_mask"]] == d.teacher_pad_id).all()
+
+
+def test_version1_data_state_still_loads(tok, corpus):
+    """A checkpoint from before skip reasons were stored by name (seven counts) resumes."""
+    rows, state = _run(_dm(tok, corpus), 0, 1, 4)
+    old = {"rows": [state["rows"][0][:-3]], "workers": state["workers"], "version": 1}
+    assert state["rows"][0][-3:] == [0, 0, 0]  # the three reasons added since
+    resumed, _ = _run(_dm(tok, corpus), 0, 1, 2, old)
+    whole, _ = _run(_dm(tok, corpus), 0, 1, 6)
+    assert resumed == whole[4:]

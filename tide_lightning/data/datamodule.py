@@ -25,8 +25,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from tide_lightning.data.examples import ExampleBuilder
+from tide_lightning.data.selection import prepare_sources
 from tide_lightning.data.sources import SKIP_REASONS, SourceSpec, open_source
 from tide_lightning.data.stream import SKIPS_KEY, STREAM_KEY, Cursor, ShardedStream
+
+# Skip reasons of version-1 data states (saved without their names).
+_VERSION1_REASONS = SKIP_REASONS[:7]
 
 
 class DistillDataModule(L.LightningDataModule):
@@ -47,10 +51,15 @@ class DistillDataModule(L.LightningDataModule):
         pack_text: pack raw text into full rows (shared pipeline).
         val_batches: validation batches per rank (fixed, equal on every rank).
         pad_to_max: pad every batch to the full lengths (static shapes).
-        max_doc_chars: documents longer than this are skipped and counted.
+        max_doc_chars: documents longer than this (characters) are skipped and counted
+            as ``too_long``.
         eos_id: student EOS id; None takes the tokenizer's.
         pad_id: student pad id; None takes the tokenizer's, else EOS.
         teacher_pad_id: teacher pad id; None takes the teacher tokenizer's, else its EOS.
+        mixing: "weighted" (by ``SourceSpec.weight``) or "concat" (in proportion to size,
+            each document once per epoch): :mod:`tide_lightning.data.mixing`.
+        heldout_fraction: without ``val_sources``, this share of every training source
+            is held out for validation (:mod:`tide_lightning.data.selection`); 0: none.
     """
 
     def __init__(
@@ -73,6 +82,8 @@ class DistillDataModule(L.LightningDataModule):
         eos_id: int | None = None,
         pad_id: int | None = None,
         teacher_pad_id: int | None = None,
+        mixing: str = "weighted",
+        heldout_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         if not sources:
@@ -97,6 +108,8 @@ class DistillDataModule(L.LightningDataModule):
             self.teacher_pad_id = _first_int(
                 teacher_pad_id, teacher_tokenizer.pad_token_id, teacher_tokenizer.eos_token_id
             )
+        self.mixing, self.heldout_fraction = mixing, heldout_fraction
+        self._prepared: tuple[list, list] | None = None
         self.train_stream: ShardedStream | None = None
         self.val_stream: ShardedStream | None = None
         self._consumed = 0
@@ -111,18 +124,38 @@ class DistillDataModule(L.LightningDataModule):
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
         if self.train_stream is None and stage in (None, "fit"):
-            self.train_stream = self._stream(self.sources, self.seed, True, None)
+            train, _ = self.prepared_sources()
+            self.train_stream = self._stream(train, self.seed, True, None, self.mixing)
             workers = self.train_stream.logical_workers
             self._cursors = [Cursor(taken=[0] * len(self.sources)).to_list()] * workers
-        if self.val_stream is None and self.val_sources and stage in (None, "fit", "validate"):
-            self.val_stream = self._stream(self.val_sources, self.seed + 1, False, self.val_batches)
+        if self.val_stream is None and self.has_validation and stage in (None, "fit", "validate"):
+            if self.val_sources:
+                held = [open_source(s, self.max_doc_chars) for s in self.val_sources]
+            else:
+                held = self.prepared_sources()[1]
+            self.val_stream = self._stream(held, self.seed + 1, False, self.val_batches)
         self.place(rank, world)
 
-    def _stream(self, specs, seed, shuffle, num_batches) -> ShardedStream:
-        opened = [open_source(s, self.max_doc_chars) for s in specs]
+    @property
+    def has_validation(self) -> bool:
+        """Validation sources were given, or a share of the training ones is held out."""
+        return bool(self.val_sources) or self.heldout_fraction > 0
+
+    def prepared_sources(self) -> tuple[list, list]:
+        """Training sources (opened, filtered, carved) and the held-out views, built once."""
+        if self._prepared is None:
+            carve = 0.0 if self.val_sources else self.heldout_fraction
+            self._prepared = prepare_sources(self.sources, self.max_doc_chars, carve, self.seed)
+        return self._prepared
+
+    def _stream(self, opened, seed, shuffle, num_batches, mixing="weighted") -> ShardedStream:
+        # Held-out views of a concat mixture are sampled by size, like their training side.
+        concat = self.mixing == "concat"
+        weights = [len(s) if concat else s.spec.weight for s in opened]
         return ShardedStream(
-            opened, [s.weight for s in specs], self.builder, self.batch_size, self.pad_id,
+            opened, weights, self.builder, self.batch_size, self.pad_id,
             self.teacher_pad_id, seed, shuffle, num_batches, self.num_workers, self.pad_to_max,
+            mixing,
         )  # fmt: skip
 
     def place(self, rank: int, world_size: int) -> None:
@@ -141,7 +174,7 @@ class DistillDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         """Fixed-size loader, ``val_batches`` per rank; [] without validation sources."""
-        if self.val_stream is None and self.val_sources:
+        if self.val_stream is None and self.has_validation:
             self.setup("validate")
         return self._loader(self.val_stream) if self.val_stream is not None else []
 
@@ -198,7 +231,12 @@ class DistillDataModule(L.LightningDataModule):
             strategy = self.trainer.strategy
             gathered = strategy.all_gather(rows[0].to(strategy.root_device))
             rows = gathered.reshape(self.trainer.world_size, -1).cpu()
-        return {"rows": rows.tolist(), "workers": len(self._cursors), "version": 1}
+        return {
+            "rows": rows.tolist(),
+            "workers": len(self._cursors),
+            "reasons": list(SKIP_REASONS),
+            "version": 2,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the data position saved by :meth:`state_dict` (applied to this rank)."""
@@ -216,13 +254,15 @@ class DistillDataModule(L.LightningDataModule):
                 f"{stream.world_size}: exact resume needs the same world size"
             )
         row, workers = rows[stream.rank], int(state["workers"])
-        width = (len(row) - 1 - len(SKIP_REASONS)) // workers
+        # Counts are stored by name: a checkpoint from before a reason was added loads.
+        reasons = state.get("reasons") or (
+            _VERSION1_REASONS if state.get("version") == 1 else SKIP_REASONS
+        )
+        width = (len(row) - 1 - len(reasons)) // workers
         cursors = [row[1 + w * width : 1 + (w + 1) * width] for w in range(workers)]
         stream.set_position(row[0], cursors)
         self._consumed, self._cursors = row[0], cursors
-        self._skips["train"] = Counter(
-            dict(zip(SKIP_REASONS, row[1 + workers * width :], strict=True))
-        )
+        self._skips["train"] = Counter(dict(zip(reasons, row[1 + workers * width :], strict=True)))
 
 
 def _first_int(*values: int | None) -> int:

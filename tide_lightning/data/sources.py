@@ -5,8 +5,11 @@ need "document number q of source s" to be cheap and deterministic. At start eac
 source is scanned once (JSONL line offsets, Parquet row counts from metadata,
 one document per text/code file); a worker then seeks straight to the documents of
 its shard, and a resumed run re-opens at the recorded position without replaying
-the stream. Bad records are found lazily when read: they are skipped, counted by
-reason, and a warning names the file and line.
+the stream. Bad records are found lazily when read: any failure while reading,
+decoding or validating one record skips that record, counts it by reason and warns
+(once per reason and process) with the file and line; the run goes on. A source that
+cannot be indexed at all (missing, empty, unreadable, not its kind's format) is the
+user's to fix and fails at start with :class:`~tide_lightning.errors.UserError`.
 """
 
 from __future__ import annotations
@@ -22,19 +25,36 @@ from typing import Any
 
 import numpy as np
 
+from tide_lightning.errors import UserError
+
 log = logging.getLogger(__name__)
 
 KINDS = ("jsonl", "parquet", "text", "code", "hf")
+# Why a record was skipped (docs/data.md explains each); logged as data/skipped_<reason>.
+# Append only: checkpoints store the counts by name, so older ones still load.
 SKIP_REASONS = (
-    "malformed_json",
-    "non_utf8",
-    "empty",
-    "missing_field",
-    "bad_messages",
-    "too_long",
-    "no_response",
+    "malformed_json",  # not parseable JSON (syntax, >4300-digit integer, nesting too deep)
+    "non_utf8",  # bytes that are not UTF-8, or a lone surrogate escape such as \ud800
+    "empty",  # blank text, or a chat without a non-empty assistant message
+    "missing_field",  # not an object, or the document field is absent / null
+    "bad_messages",  # messages is not a list of {role, content} strings
+    "too_long",  # over max_doc_chars characters
+    "no_response",  # the answer starts beyond max_length: nothing to supervise
+    "bad_field",  # the document field has the wrong type (e.g. a number as text)
+    "read_error",  # any other failure while reading the record (I/O error, bad row)
+    "tokenize_error",  # the tokenizer or the alignment raised on this record
 )
 CODE_SUFFIXES = (".py", ".c", ".h", ".cpp", ".rs", ".go", ".js", ".ts", ".java", ".sh")
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+# File endings a directory source keeps, per kind (code: SourceSpec.suffixes). A glob or
+# a single file is taken as given.
+FOLDER_SUFFIXES = {"jsonl": (".jsonl",), "parquet": (".parquet",), "text": TEXT_SUFFIXES}
+# A JSON escape spends up to 12 bytes on one character (a \uXXXX surrogate pair), so a
+# line over 12 bytes per allowed character is too long whatever it holds; below that the
+# exact count is taken after parsing. Plain files: at most 4 bytes per UTF-8 character.
+_JSON_BYTES_PER_CHAR = 12
+_UTF8_BYTES_PER_CHAR = 4
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,8 @@ class SourceSpec:
             present, else "text". A string value is raw text, a list is chat messages.
         split: dataset split, "hf" only.
         suffixes: file endings kept for "code" directories.
+        assistant_contains: keep only records whose last assistant reply (or text)
+            contains this string (:mod:`tide_lightning.data.selection`); None keeps all.
     """
 
     kind: str
@@ -59,12 +81,15 @@ class SourceSpec:
     field: str | None = None
     split: str = "train"
     suffixes: tuple[str, ...] = CODE_SUFFIXES
+    assistant_contains: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"SourceSpec.kind must be one of {KINDS}, got {self.kind!r}")
+            raise UserError(
+                f"data source {self.path}: kind must be one of {KINDS}, got {self.kind!r}"
+            )
         if not self.weight > 0:
-            raise ValueError(f"SourceSpec.weight must be > 0, got {self.weight} for {self.path}")
+            raise UserError(f"data source {self.path}: weight must be > 0, got {self.weight}")
 
 
 @dataclass(frozen=True)
@@ -77,26 +102,43 @@ class Record:
 
 
 class SkipLog:
-    """Counts skipped records by reason and warns (file and line) up to a cap."""
+    """Counts skipped records by reason; warns (file and line) for the first of each reason.
 
-    def __init__(self, max_warnings: int = 50) -> None:
+    One warning per reason and process keeps a corpus with a million bad lines from
+    flooding the log while still showing one example of every kind of problem; the
+    counts reach TensorBoard as ``data/skipped_<reason>``.
+
+    Args:
+        max_warnings: warnings per reason (0 silences it, e.g. when replaying reads).
+    """
+
+    def __init__(self, max_warnings: int = 1) -> None:
         self.counts: Counter[str] = Counter()
         self.max_warnings = max_warnings
 
     def skip(self, reason: str, where: str, detail: str = "") -> None:
-        """Count one skipped record; the first ``max_warnings`` are logged."""
+        """Count one skipped record; warn while this reason is under ``max_warnings``."""
         self.counts[reason] += 1
-        n = sum(self.counts.values())
-        if n <= self.max_warnings:
+        if self.counts[reason] <= self.max_warnings:
+            more = " (further ones are only counted)" if self.counts[reason] == 1 else ""
             log.warning(
-                "skipped record (%s) at %s%s", reason, where, f": {detail}" if detail else ""
+                "skipped record (%s) at %s%s%s",
+                reason,
+                where,
+                f": {_clip(detail)}" if detail else "",
+                more,
             )
-            if n == self.max_warnings:
-                log.warning("further skipped-record warnings suppressed in this process")
+
+
+def _clip(detail: str, limit: int = 200) -> str:
+    return detail if len(detail) <= limit else detail[:limit] + "..."
 
 
 def resolve_files(spec: SourceSpec) -> list[Path]:
     """Expand a spec's path (file, directory or glob) into a sorted list of files.
+
+    A directory keeps only the files with its kind's endings (:data:`FOLDER_SUFFIXES`,
+    ``spec.suffixes`` for code) and no hidden files; a glob or a file is taken as given.
 
     Raises:
         FileNotFoundError: nothing matches the path (the message names it).
@@ -105,9 +147,14 @@ def resolve_files(spec: SourceSpec) -> list[Path]:
     if any(ch in p for ch in "*?["):
         files = [Path(f) for f in glob.glob(p, recursive=True) if os.path.isfile(f)]
     elif os.path.isdir(p):
-        files = [f for f in Path(p).rglob("*") if f.is_file()]
-        if spec.kind == "code":
-            files = [f for f in files if f.suffix in spec.suffixes]
+        suffixes = spec.suffixes if spec.kind == "code" else FOLDER_SUFFIXES[spec.kind]
+        files = [
+            f
+            for f in Path(p).rglob("*")
+            if f.is_file()
+            and f.name.endswith(tuple(suffixes))
+            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        ]
     elif os.path.isfile(p):
         files = [Path(p)]
     else:
@@ -122,7 +169,7 @@ def _jsonl_line_offsets(path: Path) -> tuple[np.ndarray, np.ndarray]:
     offsets, lines, pos = [], [], 0
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
-            if line.strip():
+            if (line[len(_BOM) :] if n == 1 and line.startswith(_BOM) else line).strip():
                 offsets.append(pos)
                 lines.append(n)
             pos += len(line)
@@ -156,20 +203,12 @@ class DocumentSource:
             self._file_of = np.zeros(n, np.int64)
             self._line = self._offset + 1
             if n == 0:
-                raise ValueError(f"data source hf:{self.spec.path} ({self.spec.split}) is empty")
+                raise UserError(f"data source hf:{self.spec.path} ({self.spec.split}) is empty")
             return
         self.files = resolve_files(self.spec)
         file_of, offset, line = [], [], []
         for fi, f in enumerate(self.files):
-            if kind == "jsonl":
-                off, ln = _jsonl_line_offsets(f)
-            elif kind == "parquet":
-                import pyarrow.parquet as pq
-
-                n = pq.ParquetFile(f).metadata.num_rows
-                off, ln = np.arange(n, dtype=np.int64), np.arange(1, n + 1, dtype=np.int64)
-            else:
-                off, ln = np.zeros(1, np.int64), np.ones(1, np.int64)
+            off, ln = _index_file(kind, f)
             file_of.append(np.full(len(off), fi, np.int64))
             offset.append(off)
             line.append(ln)
@@ -177,7 +216,7 @@ class DocumentSource:
         self._offset = np.concatenate(offset)
         self._line = np.concatenate(line)
         if len(self._offset) == 0:
-            raise ValueError(f"data source {kind}:{self.spec.path} holds no documents")
+            raise UserError(f"data source {kind}:{self.spec.path} holds no documents")
 
     def __len__(self) -> int:
         return len(self._offset)
@@ -194,42 +233,55 @@ class DocumentSource:
         return f"{self.files[int(self._file_of[i])]}:{int(self._line[i])}"
 
     def read(self, i: int, skips: SkipLog) -> Record | None:
-        """Read document ``i``; returns None (and counts the reason) when it is unusable."""
+        """Read document ``i``; returns None (and counts the reason) when it is unusable.
+
+        Never raises for a bad record: whatever one record does (bad bytes, a JSON
+        integer of 5,000 digits, nesting 100,000 deep, a lone surrogate, a wrong type,
+        an I/O error) is counted under a reason of :data:`SKIP_REASONS`.
+        """
         where = self.where(i)
-        kind = self.spec.kind
         try:
-            if kind == "jsonl":
-                raw = self._read_line(i)
-                if len(raw) > self.max_doc_chars * 4:
-                    skips.skip("too_long", where, f"{len(raw)} bytes")
-                    return None
-                text = raw.decode("utf-8")
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as e:
-                    skips.skip("malformed_json", where, str(e))
-                    return None
-                return self._from_object(obj, where, skips)
-            if kind == "parquet":
-                return self._from_object(self._read_row(i), where, skips)
-            if kind == "hf":
-                return self._from_object(self._hf[int(self._offset[i])], where, skips)
-            path = self.files[int(self._file_of[i])]
-            if path.stat().st_size > self.max_doc_chars * 4:
-                skips.skip("too_long", where, f"{path.stat().st_size} bytes")
-                return None
-            return self._from_value(path.read_bytes().decode("utf-8"), where, skips)
+            return self._read(i, where, skips)
         except UnicodeDecodeError as e:
             skips.skip("non_utf8", where, str(e))
+        except Exception as e:  # one record must never stop the run
+            skips.skip("read_error", where, f"{type(e).__name__}: {e}")
+        return None
+
+    def _read(self, i: int, where: str, skips: SkipLog) -> Record | None:
+        kind = self.spec.kind
+        if kind == "jsonl":
+            raw = self._read_line(i)
+            if len(raw) > self.max_doc_chars * _JSON_BYTES_PER_CHAR + 4096:
+                skips.skip("too_long", where, f"{len(raw)} bytes")
+                return None
+            text = raw.decode("utf-8")
+            try:
+                obj = json.loads(text)
+            except (ValueError, RecursionError) as e:  # syntax, huge integers, deep nesting
+                skips.skip("malformed_json", where, f"{type(e).__name__}: {e}")
+                return None
+            return self._from_object(obj, where, skips)
+        if kind == "parquet":
+            return self._from_object(self._read_row(i), where, skips)
+        if kind == "hf":
+            return self._from_object(self._hf[int(self._offset[i])], where, skips)
+        path = self.files[int(self._file_of[i])]
+        size = path.stat().st_size
+        if size > self.max_doc_chars * _UTF8_BYTES_PER_CHAR:
+            skips.skip("too_long", where, f"{size} bytes")
             return None
+        return self._from_value(path.read_bytes().decode("utf-8-sig"), where, skips)
 
     def _read_line(self, i: int) -> bytes:
         fi = int(self._file_of[i])
         handle = self._cache.get(f"fh{fi}")
         if handle is None:
             handle = self._cache[f"fh{fi}"] = open(self.files[fi], "rb")  # noqa: SIM115
-        handle.seek(int(self._offset[i]))
-        return handle.readline()
+        offset = int(self._offset[i])
+        handle.seek(offset)
+        line = handle.readline()
+        return line[len(_BOM) :] if offset == 0 and line.startswith(_BOM) else line
 
     def _read_row(self, i: int) -> dict[str, Any]:
         import pyarrow.parquet as pq
@@ -256,10 +308,19 @@ class DocumentSource:
         field = self.spec.field
         if field is None:
             field = "messages" if "messages" in obj else "text"
-        if obj.get(field) is None:
+        value = obj.get(field)
+        if value is None:
             skips.skip("missing_field", where, f"no field {field!r}")
             return None
-        return self._from_value(obj[field], where, skips)
+        # A field picked by name has the type its name promises: {"messages": "hi"} is a
+        # broken chat, not the text "hi". An explicit field may hold either form.
+        if self.spec.field is None and field == "messages" and not isinstance(value, list):
+            skips.skip("bad_messages", where, f"messages is a {type(value).__name__}")
+            return None
+        if self.spec.field is None and field == "text" and not isinstance(value, str):
+            skips.skip("bad_field", where, f"text is a {type(value).__name__}, not a string")
+            return None
+        return self._from_value(value, where, skips)
 
     def _from_value(self, value: Any, where: str, skips: SkipLog) -> Record | None:
         if isinstance(value, bytes):
@@ -271,8 +332,45 @@ class DocumentSource:
             if len(value) > self.max_doc_chars:
                 skips.skip("too_long", where, f"{len(value)} characters")
                 return None
+            if not _is_unicode(value):
+                skips.skip("non_utf8", where, "lone surrogate in the text")
+                return None
             return Record(text=value, where=where)
-        return _messages_record(value, where, skips, self.max_doc_chars)
+        if isinstance(value, (list, tuple)):
+            return _messages_record(value, where, skips, self.max_doc_chars)
+        skips.skip("bad_field", where, f"document is a {type(value).__name__}")
+        return None
+
+
+def _is_unicode(text: str) -> bool:
+    """False for text no tokenizer can encode: a lone surrogate (JSON ``"\ud800"``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _index_file(kind: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, 1-based lines) of the documents of one file, or a one-line UserError."""
+    try:
+        if kind == "jsonl":
+            return _jsonl_line_offsets(path)
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                n = pq.ParquetFile(path).metadata.num_rows
+            except OSError:
+                raise
+            except Exception as e:  # pyarrow's ArrowInvalid: not a Parquet file
+                raise UserError(f"data source parquet:{path}: not a Parquet file ({e})") from None
+            return np.arange(n, dtype=np.int64), np.arange(1, n + 1, dtype=np.int64)
+        if not os.access(path, os.R_OK):
+            raise PermissionError(f"Permission denied: {str(path)!r}")
+        return np.zeros(1, np.int64), np.ones(1, np.int64)
+    except OSError as e:
+        raise UserError(f"data source {kind}:{path}: cannot read ({e.strerror or e})") from None
 
 
 def _messages_record(value: Any, where: str, skips: SkipLog, max_chars: int) -> Record | None:
@@ -290,6 +388,9 @@ def _messages_record(value: Any, where: str, skips: SkipLog, max_chars: int) -> 
         skips.skip("bad_messages", where, "expected a list of {role, content} strings")
         return None
     msgs = tuple({"role": m["role"], "content": m["content"]} for m in value)
+    if not all(_is_unicode(m["role"]) and _is_unicode(m["content"]) for m in msgs):
+        skips.skip("non_utf8", where, "lone surrogate in a message")
+        return None
     if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
         skips.skip("empty", where, "no non-empty assistant message")
         return None
@@ -313,5 +414,14 @@ def _load_hf(spec: SourceSpec) -> Any:
 
 
 def open_source(spec: SourceSpec, max_doc_chars: int = 1_000_000) -> DocumentSource:
-    """Index one source; fails at once, naming the path, if it is missing or empty."""
+    """Index one source; fails at once, naming the path, if it is missing or empty.
+
+    Args:
+        spec: the source.
+        max_doc_chars: longer documents are skipped (counted as ``too_long``).
+
+    Raises:
+        FileNotFoundError: the path matches nothing.
+        UserError: the source is empty, unreadable, or not its kind's format.
+    """
     return DocumentSource(spec, max_doc_chars)

@@ -18,6 +18,10 @@ Design (why it resumes exactly):
 - The packing buffer is not saved: it is rebuilt by re-reading the few draws from
   the one where the buffer starts (documents in between that are not packed were
   already emitted and are passed over).
+- One bad record never stops the stream: the source counts what it cannot read, and
+  an exception of the tokenizer (or the cross-tokenizer alignment) on one record is
+  counted as ``tokenize_error``. The replay that rebuilds the packing buffer takes the
+  same decisions, so skipping stays exact across a resume.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from tide_lightning.data.sources import SKIP_REASONS, DocumentSource, SkipLog
 
 STREAM_KEY = "_stream_cursor"
 SKIPS_KEY = "_stream_skips"
+_FAILED = object()  # the tokenizer raised on this record (not the same as "no example")
 
 
 @dataclass
@@ -82,6 +87,7 @@ class ShardedStream(IterableDataset):
         num_batches: batches per rank (validation); None streams forever.
         num_workers: DataLoader workers W (0 counts as one, in-process).
         pad_to_max: pad every batch to max_length (and teacher_max_length).
+        mixing: "weighted" or "concat" (:mod:`tide_lightning.data.mixing`).
     """
 
     def __init__(
@@ -97,10 +103,11 @@ class ShardedStream(IterableDataset):
         num_batches: int | None = None,
         num_workers: int = 0,
         pad_to_max: bool = False,
+        mixing: str = "weighted",
     ) -> None:
         super().__init__()
         self.sources = list(sources)
-        self.mixture = Mixture([len(s) for s in sources], weights, seed, shuffle)
+        self.mixture = Mixture([len(s) for s in sources], weights, seed, shuffle, mixing)
         self.builder = builder
         self.batch_size = batch_size
         self.pad_id = pad_id
@@ -153,11 +160,9 @@ class ShardedStream(IterableDataset):
         return self._batches(shard, self.world_size * workers, logical, cursor, limit)
 
     def _read(self, shard: int, shards: int, cursor: Cursor, skips: SkipLog):
-        s = self.mixture.source_of_draw(shard, cursor.draw)
-        j = cursor.taken[s]
+        s, doc = self.mixture.pick(shard, shards, cursor.draw, cursor.taken)
         cursor.draw += 1
         cursor.taken[s] += 1
-        doc = self.mixture.document(s, shard + j * shards)
         return self.sources[s].read(doc, skips)
 
     def _rebuild_buffer(self, shard: int, shards: int, cursor: Cursor) -> deque:
@@ -167,15 +172,16 @@ class ShardedStream(IterableDataset):
             return segments
         replay = Cursor(cursor.buf_draw, 0, -1, 0, list(cursor.taken))
         for d in range(cursor.buf_draw, cursor.draw):
-            replay.taken[self.mixture.source_of_draw(shard, d)] -= 1
+            replay.taken[self.mixture.pick(shard, shards, d, replay.taken)[0]] -= 1
         quiet = SkipLog(max_warnings=0)
         while replay.draw < cursor.draw:
             d = replay.draw
             record = self._read(shard, shards, replay, quiet)
             if record is not None and self.builder.packable(record):
-                toks = self.builder.tokens(record)
-                start = cursor.buf_offset if d == cursor.buf_draw else 0
-                segments.append([d, start, toks])
+                toks = _guarded(self.builder.tokens, record, quiet)
+                if toks is not _FAILED:
+                    start = cursor.buf_offset if d == cursor.buf_draw else 0
+                    segments.append([d, start, toks])
         return segments
 
     def _batches(
@@ -198,14 +204,16 @@ class ShardedStream(IterableDataset):
                 record = self._read(shard, shards, cursor, skips)
                 ex = None
                 if record is not None and self.builder.packable(record):
-                    segments.append([draw, 0, self.builder.tokens(record)])
-                    bad_run = 0
-                    continue
-                if record is not None:
-                    ex = self.builder.example(record)
+                    toks = _guarded(self.builder.tokens, record, skips)
+                    if toks is not _FAILED:
+                        segments.append([draw, 0, toks])
+                        bad_run = 0
+                        continue
+                elif record is not None:
+                    ex = _guarded(self.builder.example, record, skips)
                     if ex is None:
                         skips.skip("no_response", record.where, "no answer token within max_length")
-                if ex is None:
+                if ex is None or ex is _FAILED:
                     bad_run += 1
                     if bad_run > 2 * total_docs + 100:
                         raise RuntimeError(
@@ -239,6 +247,15 @@ class ShardedStream(IterableDataset):
             if self.pad_to_max and b.teacher_max_length
             else None,
         )
+
+
+def _guarded(fn, record, skips: SkipLog):
+    """``fn(record)``, or ``_FAILED`` (counted as tokenize_error) when it raises."""
+    try:
+        return fn(record)
+    except Exception as e:  # one record's tokenization must not stop the run
+        skips.skip("tokenize_error", record.where, f"{type(e).__name__}: {e}")
+        return _FAILED
 
 
 def _take_packed(segments: deque, length: int) -> Example:
