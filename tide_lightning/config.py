@@ -104,6 +104,12 @@ class DataConfig:
     num_workers: int = 2
     pack_text: bool = True
     val_batches: int = 8
+    max_doc_chars: int = 1_000_000
+    """Documents longer than this many characters are skipped (data/skipped_too_long)."""
+
+    def __post_init__(self) -> None:
+        if self.max_doc_chars <= 0:
+            raise ValueError(f"data.max_doc_chars must be > 0, got {self.max_doc_chars}")
 
 
 @dataclass

@@ -193,3 +193,11 @@ def test_every_good_record_once_per_epoch_every_bad_counted(
     counted = dm.skip_counts("train")
     for reason in expected_counts:
         assert counted[reason] >= passed.count(reason)
+
+
+def test_max_doc_chars_config_key_is_range_checked():
+    from tide_lightning.config import ConfigError, load_config
+
+    assert load_config(overrides=["data.max_doc_chars=20000000"]).data.max_doc_chars == 20_000_000
+    with pytest.raises(ConfigError, match=r"data\.max_doc_chars must be > 0, got -1"):
+        load_config(overrides=["data.max_doc_chars=-1"])

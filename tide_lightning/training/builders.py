@@ -273,6 +273,7 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
         seed=config.seed,
         pack_text=d.pack_text,
         val_batches=d.val_batches,
+        max_doc_chars=d.max_doc_chars,
     )
     trainer = build_trainer(config, callbacks)
     return Run(config, module, datamodule, trainer, student_tok, teacher_tok)
