@@ -5,9 +5,10 @@ text: token i covers bytes `[lo[i], hi[i])`, and `ok[i]` says whether its own
 bytes equal those text bytes (False for a special token written in the text, an
 `<unk>`, or a token changed by a normaliser such as NFC or lowercasing).
 
-A chunk closes at every byte position where a token ends on both sides
+A chunk closes at every byte position where a token with text ends on both sides
 (the values common to both sorted `hi` arrays), so chunks are the minimal spans that
-hold whole tokens of both sides. A chunk is kept only when, on both sides, every
+hold whole tokens of both sides; a zero-width token (a lone SentencePiece prefix `▁`)
+closes nothing and belongs to the chunk that follows it. A chunk is kept only when, on both sides, every
 token in it is `ok`, the tokens tile the span without gaps, and they are
 consecutive in the id sequence; then both sides' bytes equal the same text bytes.
 Everything else is left out, never mis-aligned. The whole search is a handful of
@@ -69,7 +70,10 @@ def spans_from_bytes(
 
     Accepted when the tokens' concatenated bytes equal a prefix of the text (a prefix,
     because of truncation), or do so after dropping one leading space that the tokenizer
-    prepended (SentencePiece's prefix `▁`). Special tokens have no bytes and drop out.
+    prepended (SentencePiece's prefix `▁`). Special tokens have no bytes and drop out. A
+    prefix `▁` that stands alone (Mistral v1 before CJK or emoji: `▁`, `混`) keeps a
+    zero-width span at the start, so it joins the first chunk, as a merged prefix
+    (`▁The`) does: the chunk's probability then holds that token's factor too.
 
     Args:
         table: byte table of the tokenizer.
@@ -83,14 +87,14 @@ def spans_from_bytes(
     decoded = table.gather(ids)
     n = len(decoded)
     lens = table.lengths[ids].copy()
+    keep = lens > 0
     if n <= len(text_bytes) and np.array_equal(decoded, text_bytes[:n]):
         pass
     elif n >= 1 and decoded[0] == 0x20 and np.array_equal(decoded[1:], text_bytes[: n - 1]):
-        lens[np.argmax(lens > 0)] -= 1
+        lens[np.argmax(keep)] -= 1
     else:
         return None
     hi = np.cumsum(lens)
-    keep = lens > 0
     index = np.flatnonzero(keep)
     return TokenSpans(index, (hi - lens)[keep], hi[keep], np.ones(len(index), dtype=bool))
 
@@ -199,7 +203,7 @@ def find_chunks(student: TokenSpans, teacher: TokenSpans) -> np.ndarray:
         int64[C, 4]: rows `(s_start, s_end, t_start, t_end)`, half-open token index ranges
         into each side's id sequence, in text order and disjoint.
     """
-    ends = _common_sorted(student.hi, teacher.hi)
+    ends = _common_sorted(student.hi[student.hi > student.lo], teacher.hi[teacher.hi > teacher.lo])
     if len(ends) == 0:
         return np.zeros((0, 4), dtype=np.int64)
     s_first, s_stop, s_good = _chunk_ranges(student, ends)
