@@ -83,13 +83,17 @@ def test_qwen3_chat_template_thinking_disabled():
         {"role": "user", "content": "and 3+3?"},
         {"role": "assistant", "content": "6, of course."},
     ]
-    ex = chat_example(q, msgs, 64, 32, q.eos_token_id)
-    assert len(ex.input_ids) == 64
     text = render_chat(q, msgs)
     assert text.count("<think>\n\n</think>") == 1  # the empty think block of thinking-off
     n_real = len(q(text, add_special_tokens=False)["input_ids"])
-    sup = [i for i, m in zip(ex.input_ids[:n_real], ex.maskable[:n_real], strict=True) if m]
-    assert q.decode(sup) == "4<|im_end|>6, of course.<|im_end|>"
+    for supervision, answer in [
+        ("last_turn", "6, of course.<|im_end|>"),  # the default, as published
+        ("all_turns", "4<|im_end|>6, of course.<|im_end|>"),
+    ]:
+        ex = chat_example(q, msgs, 64, 32, q.eos_token_id, supervision)
+        assert len(ex.input_ids) == 64
+        sup = [i for i, m in zip(ex.input_ids[:n_real], ex.maskable[:n_real], strict=True) if m]
+        assert q.decode(sup) == answer
 
 
 def test_text_example_all_maskable(tok):

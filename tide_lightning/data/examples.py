@@ -5,6 +5,13 @@ calls them inside dataloader workers. Conventions (SPEC section 3): prompt token
 are never maskable; a sequence is filled with EOS up to a multiple of the block
 size and the filling EOS are maskable (supervised); padding comes later, in the
 collate step, and therefore starts on a block boundary.
+
+Chat supervision follows ``supervision`` (SPEC section 2): ``last_turn`` (the
+published runs) makes only the final assistant turn and its end-of-turn token
+maskable, ``all_turns`` every assistant turn. In the shared pipeline the teacher
+either reads the student's own sequence (``teacher_view="same_sequence"``) or the
+conversation rendered with its own chat template (``"aligned"``, the published
+``*_aligned`` modes), with each student answer token paired to its teacher position.
 """
 
 from __future__ import annotations
@@ -13,7 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from tide_lightning.method.alignment.chat import SUPERVISION
 from tide_lightning.method.alignment.tensors import chunk_id_array
+
+TEACHER_VIEWS = ("same_sequence", "aligned")
+"""Shared pipeline: the teacher reads the student's tokens, or its own chat rendering."""
 
 
 @dataclass
@@ -27,6 +40,8 @@ class Example:
         teacher_maskable: cross pipeline only, per teacher token.
         student_chunk_ids: cross pipeline only, chunk index per student token or -1.
         teacher_chunk_ids: cross pipeline only, chunk index per teacher token or -1.
+        aligned_teacher_pos: shared pipeline, aligned teacher view only: per student
+            token, the position of the same token in ``teacher_input_ids``, or -1.
     """
 
     input_ids: list[int]
@@ -35,6 +50,7 @@ class Example:
     teacher_maskable: list[bool] | None = None
     student_chunk_ids: list[int] | None = None
     teacher_chunk_ids: list[int] | None = None
+    aligned_teacher_pos: list[int] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -61,31 +77,38 @@ def fill_to_block(
 
 
 def response_token_mask(
-    tokenizer: Any, messages: Sequence[dict[str, str]]
+    tokenizer: Any, messages: Sequence[dict[str, str]], supervision: str = "last_turn"
 ) -> tuple[list[int], list[bool]]:
     """Tokenize a chat with the tokenizer's template (thinking disabled) and label answers.
 
     Uses the same content location as the cross pipeline
     (``tide_lightning.method.alignment.chat.content_regions``): a token is an answer token when
-    it starts inside an assistant content or in the end-of-turn text after it, up to
-    and including the EOS text, so the model learns to stop; all else is prompt.
+    it starts inside a supervised assistant content or in the end-of-turn text after it,
+    up to and including the EOS text, so the model learns to stop; all else is prompt.
+
+    Args:
+        tokenizer: fast tokenizer with a chat template.
+        messages: {role, content} dicts.
+        supervision: ``last_turn`` (only the final assistant turn) or ``all_turns``.
 
     Returns:
         (ids, is_answer), one flag per token.
     """
-    from tide_lightning.method.alignment.chat import content_regions
+    import numpy as np
+
+    from tide_lightning.method.alignment.chat import (
+        content_regions,
+        response_flags,
+        supervised_turns,
+    )
 
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("chat records need a tokenizer with a chat template")
     text, regions = content_regions(tokenizer, list(messages))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    spans = [
-        (start, tail)
-        for (start, _, tail), m in zip(regions, messages, strict=True)
-        if m["role"] == "assistant" and start >= 0
-    ]
-    answer = [any(s0 <= s < s1 for s0, s1 in spans) for s, _ in enc["offset_mapping"]]
-    return list(enc["input_ids"]), answer
+    starts = np.asarray([s for s, _ in enc["offset_mapping"]], dtype=np.int64)
+    turns = supervised_turns([m["role"] for m in messages], supervision)
+    return list(enc["input_ids"]), response_flags(starts, regions, turns).tolist()
 
 
 def chat_example(
@@ -94,6 +117,7 @@ def chat_example(
     max_length: int,
     block_size: int,
     eos_id: int,
+    supervision: str = "last_turn",
 ) -> Example | None:
     """Tokenize a chat: prompt tokens unmaskable, answers maskable, EOS fill, truncation.
 
@@ -103,16 +127,79 @@ def chat_example(
         max_length: student length limit (a multiple of ``block_size``).
         block_size: diffusion block size.
         eos_id: EOS id used for the block fill.
+        supervision: ``last_turn`` or ``all_turns`` (see :func:`response_token_mask`).
 
     Returns:
         The example, or None when no answer token survives truncation.
     """
-    ids, maskable = response_token_mask(tokenizer, messages)
+    ids, maskable = response_token_mask(tokenizer, messages, supervision)
     ids, maskable = ids[:max_length], maskable[:max_length]
     if not any(maskable):
         return None
     ids, maskable = fill_to_block(ids, maskable, eos_id, block_size)
     return Example(ids, maskable)
+
+
+def aligned_chat_example(
+    student_tokenizer: Any,
+    teacher_tokenizer: Any,
+    messages: Sequence[dict[str, str]],
+    max_length: int,
+    teacher_max_length: int,
+    block_size: int,
+    eos_id: int,
+    teacher_eos_id: int,
+    supervision: str = "last_turn",
+) -> Example | None:
+    """A chat for the aligned shared pipeline: the teacher reads its own rendering.
+
+    The student side is :func:`chat_example`'s. The teacher renders the conversation
+    with its own chat template; its sequence ends at the last token aligned to a
+    student token that survived truncation, at ``teacher_max_length`` at most, and is
+    EOS-filled to a multiple of ``block_size`` (the published cut; the fill is never
+    distilled, padding comes later and is masked out by the attention mask).
+
+    Args:
+        student_tokenizer: the student's fast tokenizer (its chat template).
+        teacher_tokenizer: the teacher's fast tokenizer, same vocabulary (its template).
+        messages: {role, content} dicts.
+        max_length: student length limit (a multiple of ``block_size``).
+        teacher_max_length: teacher length limit (a multiple of ``block_size``).
+        block_size: diffusion block size.
+        eos_id: student EOS id (block fill).
+        teacher_eos_id: teacher EOS id (block fill).
+        supervision: ``last_turn`` or ``all_turns``.
+
+    Returns:
+        The example with ``teacher_input_ids`` and ``aligned_teacher_pos``, or None when
+        no student answer token survives truncation.
+    """
+    from tide_lightning.method.alignment.positions import align_positions, cut_pairs
+
+    al = align_positions(student_tokenizer, teacher_tokenizer, list(messages), supervision)
+    ids, maskable = al.student_ids[:max_length], al.student_answer[:max_length]
+    if not any(maskable):
+        return None
+    pairs, cut = cut_pairs(al.pairs, len(ids), teacher_max_length)
+    t_ids = al.teacher_ids[:cut]
+    t_ids, _ = fill_to_block(t_ids, [False] * len(t_ids), teacher_eos_id, block_size)
+    ids, maskable = fill_to_block(ids, maskable, eos_id, block_size)
+    pos = np.full(len(ids), -1, dtype=np.int64)
+    pos[pairs[:, 0]] = pairs[:, 1]
+    return Example(ids, maskable, t_ids, aligned_teacher_pos=pos.tolist())
+
+
+def same_sequence_view(example: Example, teacher_max_length: int) -> Example:
+    """The aligned view of an example the teacher reads as the student does (raw text).
+
+    The teacher's sequence is the student's (both share the vocabulary and there is no
+    template), cut at ``teacher_max_length``; each kept position is aligned to itself.
+    """
+    n = min(len(example.input_ids), teacher_max_length)
+    pos = list(range(n)) + [-1] * (len(example.input_ids) - n)
+    return Example(
+        example.input_ids, example.maskable, example.input_ids[:n], aligned_teacher_pos=pos
+    )
 
 
 def text_tokens(tokenizer: Any, text: str, eos_id: int) -> list[int]:
@@ -139,7 +226,10 @@ def cross_example(
     """Cross-pipeline fields from a chunk alignment (``tide_lightning.method.alignment``).
 
     Student EOS fill tokens belong to no chunk (chunk id -1) but are maskable for
-    the CE term. Teacher tokens are maskable where they are not prompt.
+    the CE term. Teacher tokens are maskable where they are not prompt. The teacher
+    sequence ends with its last chunk (the published cut at the student's truncation
+    point: past it lies text the student does not see, or template text no loss reads);
+    the caller's alignment already cut it at the teacher length.
 
     Args:
         alignment: a :class:`~tide_lightning.method.alignment.ChunkAlignment` (``spans`` holds
@@ -157,6 +247,9 @@ def cross_example(
     t_mask = [not p for p in teacher_prompt] if teacher_prompt is not None else [True] * len(t_ids)
     if not any(s_mask):
         return None
+    spans = np.asarray(alignment.spans, dtype=np.int64).reshape(-1, 4)
+    if len(spans):
+        t_ids, t_mask = t_ids[: spans[-1, 3]], t_mask[: spans[-1, 3]]
     s_chunk = chunk_id_array(alignment.spans, len(s_ids), "student").tolist()
     t_chunk = chunk_id_array(alignment.spans, len(t_ids), "teacher").tolist()
     n = len(s_ids)
@@ -178,6 +271,12 @@ class ExampleBuilder:
         teacher_tokenizer: teacher tokenizer (cross pipeline).
         teacher_max_length: teacher length Lt (cross pipeline).
         pack_text: shared pipeline: pack raw text into full rows of length L.
+        supervision: chat records: ``last_turn`` (published) or ``all_turns``.
+        teacher_view: shared pipeline: ``same_sequence`` (the teacher reads the student's
+            tokens) or ``aligned`` (its own chat template, positions paired; needs
+            ``teacher_tokenizer`` of the same vocabulary and ``teacher_max_length``).
+        teacher_eos_id: teacher EOS id for the aligned view's block fill (None: the
+            teacher tokenizer's).
     """
 
     student_tokenizer: Any
@@ -188,6 +287,9 @@ class ExampleBuilder:
     teacher_tokenizer: Any = None
     teacher_max_length: int = 0
     pack_text: bool = True
+    supervision: str = "last_turn"
+    teacher_view: str = "same_sequence"
+    teacher_eos_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_length % self.block_size:
@@ -200,6 +302,29 @@ class ExampleBuilder:
             self.teacher_tokenizer is None or self.teacher_max_length <= 0
         ):
             raise ValueError("the cross pipeline needs teacher_tokenizer and teacher_max_length")
+        if self.supervision not in SUPERVISION:
+            raise ValueError(f"supervision must be one of {SUPERVISION}, got {self.supervision!r}")
+        if self.teacher_view not in TEACHER_VIEWS:
+            raise ValueError(
+                f"teacher_view must be one of {TEACHER_VIEWS}, got {self.teacher_view!r}"
+            )
+        if self.aligned:
+            if self.teacher_tokenizer is None or self.teacher_max_length <= 0:
+                raise ValueError("the aligned teacher view needs teacher_tokenizer and length")
+            if self.teacher_max_length % self.block_size:
+                raise ValueError(
+                    f"teacher_max_length {self.teacher_max_length} must be a multiple of "
+                    f"block_size {self.block_size}"
+                )
+            if self.teacher_eos_id is None:
+                self.teacher_eos_id = self.teacher_tokenizer.eos_token_id
+            if self.teacher_eos_id is None:
+                raise ValueError("the teacher tokenizer has no EOS token; pass teacher_eos_id")
+
+    @property
+    def aligned(self) -> bool:
+        """Whether the shared pipeline's teacher reads its own rendering (aligned view)."""
+        return self.pipeline == "shared" and self.teacher_view == "aligned"
 
     def packable(self, record: Any) -> bool:
         """Whether the record goes into the packing buffer (raw text, shared pipeline)."""
@@ -211,23 +336,27 @@ class ExampleBuilder:
 
     def example(self, record: Any) -> Example | None:
         """One unpacked example (chat, unpacked text, or any cross record)."""
-        if self.pipeline == "shared":
-            if record.text is not None:
-                return text_example(
-                    self.student_tokenizer,
-                    record.text,
-                    self.max_length,
-                    self.block_size,
-                    self.eos_id,
-                )
-            return chat_example(
-                self.student_tokenizer,
-                record.messages,
-                self.max_length,
-                self.block_size,
-                self.eos_id,
+        if self.pipeline == "cross":
+            return self._cross_example(record)
+        if record.text is not None:
+            ex = text_example(
+                self.student_tokenizer, record.text, self.max_length, self.block_size, self.eos_id
             )
-        return self._cross_example(record)
+            return same_sequence_view(ex, self.teacher_max_length) if self.aligned else ex
+        if self.aligned:
+            return aligned_chat_example(
+                self.student_tokenizer, self.teacher_tokenizer, record.messages,
+                self.max_length, self.teacher_max_length, self.block_size, self.eos_id,
+                self.teacher_eos_id, self.supervision,
+            )  # fmt: skip
+        return chat_example(
+            self.student_tokenizer,
+            record.messages,
+            self.max_length,
+            self.block_size,
+            self.eos_id,
+            self.supervision,
+        )
 
     def _cross_example(self, record: Any) -> Example | None:
         from tide_lightning.method import alignment
@@ -237,5 +366,7 @@ class ExampleBuilder:
         if record.text is not None:
             al = alignment.align_texts(s_tok, t_tok, record.text, **kwargs)
             return cross_example(al, None, None, self.block_size, self.eos_id)
-        al = alignment.align_messages(s_tok, t_tok, list(record.messages), **kwargs)
+        al = alignment.align_messages(
+            s_tok, t_tok, list(record.messages), supervision=self.supervision, **kwargs
+        )
         return cross_example(al, al.student_prompt, al.teacher_prompt, self.block_size, self.eos_id)

@@ -9,9 +9,12 @@ repeated elsewhere is still found at the right place. Only contents that render
 to the same text on both sides are aligned, and only tokens lying entirely
 inside such a content take part, so template tokens never enter a chunk.
 
-Prompt labels: a token is a response token when it starts inside an assistant
-content or in the end-of-turn text that follows it, up to and including the EOS
-token's text; every other token (system, user, template) is prompt.
+Prompt labels: a token is a response token when it starts inside a supervised
+assistant content or in the end-of-turn text that follows it, up to and including
+the EOS token's text; every other token (system, user, template, unsupervised
+turns) is prompt. Which assistant turns are supervised is the ``supervision`` rule:
+``last_turn`` (the published runs: only the final assistant turn, everything before
+it is context) or ``all_turns``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,46 @@ from tide_lightning.method.alignment.spans import (
     utf8_char_offsets,
 )
 from tide_lightning.method.alignment.texts import ChunkAlignment, make_alignment
+
+SUPERVISION = ("last_turn", "all_turns")
+"""Supervision rules: the final assistant turn only (published), or every assistant turn."""
+
+
+def supervised_turns(roles: list[str], supervision: str = "last_turn") -> list[bool]:
+    """Which messages are supervised answers under a supervision rule.
+
+    Args:
+        roles: the role of each message.
+        supervision: ``last_turn`` (only the last assistant message; the published SFT
+            masks everything before it as prompt) or ``all_turns`` (every assistant message).
+
+    Returns:
+        One flag per message.
+    """
+    if supervision not in SUPERVISION:
+        raise ValueError(f"supervision must be one of {SUPERVISION}, got {supervision!r}")
+    flags = [r == "assistant" for r in roles]
+    if supervision == "last_turn" and any(flags):
+        last = len(flags) - 1 - flags[::-1].index(True)
+        flags = [i == last for i in range(len(flags))]
+    return flags
+
+
+def response_flags(
+    token_starts: np.ndarray, regions: list[tuple[int, int, int]], supervised: list[bool]
+) -> np.ndarray:
+    """Bool[N]: tokens starting inside a supervised content or its end-of-turn text.
+
+    Args:
+        token_starts: int64[N] first character of each token in the rendered chat.
+        regions: per message ``(start, end, tail_end)`` from :func:`content_regions`.
+        supervised: per message, whether it is a supervised answer.
+    """
+    flags = np.zeros(len(token_starts), dtype=bool)
+    for (start, _, tail_end), keep in zip(regions, supervised, strict=True):
+        if keep and start >= 0:
+            flags |= (token_starts >= start) & (token_starts < tail_end)
+    return flags
 
 
 @dataclass
@@ -112,6 +155,7 @@ def align_messages(
     *,
     max_student_len: int | None = None,
     max_teacher_len: int | None = None,
+    supervision: str = "last_turn",
 ) -> ChatAlignment:
     """Align a conversation rendered and tokenized by each side's own chat template.
 
@@ -121,6 +165,7 @@ def align_messages(
         messages: `{"role": "system" | "user" | "assistant", "content": str}` dicts.
         max_student_len: keep at most this many student tokens.
         max_teacher_len: keep at most this many teacher tokens.
+        supervision: which assistant turns are response tokens (:data:`SUPERVISION`).
 
     Returns:
         The alignment: chunks inside message contents that render identically on both
@@ -133,12 +178,12 @@ def align_messages(
         for i, (s, t) in enumerate(zip(s_regions, t_regions, strict=True))
         if s[0] >= 0 and t[0] >= 0 and s[1] > s[0] and s_text[s[0] : s[1]] == t_text[t[0] : t[1]]
     ]
-    roles = [m["role"] for m in messages]
+    supervised = supervised_turns([m["role"] for m in messages], supervision)
     s_ids, s_spans, s_prompt = _encode_side(
-        student_tokenizer, s_text, s_regions, shared, roles, max_student_len
+        student_tokenizer, s_text, s_regions, shared, supervised, max_student_len
     )
     t_ids, t_spans, t_prompt = _encode_side(
-        teacher_tokenizer, t_text, t_regions, shared, roles, max_teacher_len
+        teacher_tokenizer, t_text, t_regions, shared, supervised, max_teacher_len
     )
     rows = find_chunks(s_spans, t_spans)
     base = make_alignment(s_ids, t_ids, rows)
@@ -153,18 +198,13 @@ def align_messages(
     )
 
 
-def _encode_side(tokenizer, text, regions, shared, roles, max_len):
+def _encode_side(tokenizer, text, regions, shared, supervised, max_len):
     """Ids, spans on the shared-content axis, and prompt labels of one side."""
     enc = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
     ids = enc.ids[:max_len] if max_len is not None else enc.ids
     offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)[: len(ids)]
     ids_np = np.asarray(ids, dtype=np.int64)
-
-    tok_start = offsets[:, 0]
-    is_response = np.zeros(len(ids), dtype=bool)
-    for (start, _, tail_end), role in zip(regions, roles, strict=True):
-        if role == "assistant" and start >= 0:
-            is_response |= (tok_start >= start) & (tok_start < tail_end)
+    is_response = response_flags(offsets[:, 0], regions, supervised)
 
     spans = spans_from_offsets(byte_table(tokenizer), ids_np, offsets, text)
     cb = utf8_char_offsets(text)
