@@ -97,12 +97,20 @@ def _sample_args(parser: argparse.ArgumentParser) -> None:
 def _evaluate_args(parser: argparse.ArgumentParser) -> None:
     _sampling_args(parser)
     parser.add_argument(
-        "--tasks", nargs="+", default=["humaneval"], help="humaneval,mbpp,gsm8k (commas or spaces)"
-    )
+        "--tasks", nargs="+", default=None,
+        help="humaneval,mbpp,gsm8k (commas or spaces; default humaneval)",
+    )  # fmt: skip
     parser.add_argument("--data", nargs="*", default=[], help="TASK=PATH local data files")
     parser.add_argument("--limit", type=int, default=None, help="first N items of each task")
     parser.add_argument("--out", default="runs/eval", help="records and summary go here")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
+    parser.add_argument(
+        "--suite", choices=["paper"], default=None,
+        help="paper: the eight published lm-eval tasks with their settings, paper table",
+    )  # fmt: skip
+    parser.add_argument(
+        "--include-path", default=None, help="--suite: extra lm-eval task YAML folder"
+    )
 
 
 def _bench_args(parser: argparse.ArgumentParser) -> None:
@@ -226,10 +234,12 @@ def evaluate_command(args: argparse.Namespace) -> None:
     from tide_lightning.evaluation import build_tasks, evaluate, format_summary
     from tide_lightning.generation.text import text_generate_fn
 
+    if args.suite is not None:
+        return _evaluate_suite(args)
     data = dict(item.split("=", 1) for item in args.data)
     loaded = _load_model(args)
     # The tasks render their prompts in the tokenizer's chat template themselves.
-    names = [name for item in args.tasks for name in item.split(",") if name]
+    names = [name for item in args.tasks or ["humaneval"] for name in item.split(",") if name]
     tasks = build_tasks(names, data, args.limit, args.timeout, tokenizer=loaded.tokenizer)
     generate_fn = text_generate_fn(
         loaded.student, loaded.tokenizer, chat=False, batch_size=args.batch_size,
@@ -237,6 +247,23 @@ def evaluate_command(args: argparse.Namespace) -> None:
     )  # fmt: skip
     summary = evaluate(generate_fn, tasks, args.out, batch_size=args.batch_size)
     print(format_summary(summary), end="")
+
+
+def _evaluate_suite(args: argparse.Namespace) -> None:
+    from tide_lightning.errors import UserError
+    from tide_lightning.evaluation.paper_suite import (
+        format_paper_table,
+        lm_eval_runner,
+        run_paper_suite,
+        suite_model,
+    )
+
+    if args.tasks or args.data:
+        raise UserError("--suite paper runs the published tasks: drop --tasks / --data")
+    loaded = _load_model(args)
+    make_lm = suite_model(loaded, batch_size=args.batch_size, seed=args.seed)
+    rows = run_paper_suite(make_lm, args.out, args.limit, lm_eval_runner(args.include_path))
+    print(format_paper_table(rows, args.limit), end="")
 
 
 def bench_command(args: argparse.Namespace) -> None:
