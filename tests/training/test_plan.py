@@ -48,6 +48,7 @@ def test_rank_memory_and_gathers_are_the_documented_formulas():
     assert (world.gathered, world.cross_node) == (16000 * 15 // 16, 16000 * 8 // 16)
     node = gather_traffic(config, teacher, 16, 8, "node")
     assert (node.shard_group, node.gathered, node.cross_node) == (8, 16000 * 7 // 8, 0)
+    assert node.teacher_shard == 16000 // 16 + 16000 // 8  # primary + node-wide partition
 
 
 def test_plan_of_the_wedlm_config_without_weights(capsys):

@@ -26,8 +26,10 @@ The estimates are analytic and deliberately simple (they say what they count):
 - ZeRO-3 teacher: each forward all-gathers every parameter, so a rank receives
   ``(S - 1) / S`` of the teacher per forward, ``S`` the size of the shard group. With the
   group spanning the world, ``(W - G) / W`` of it comes from other nodes (``G`` GPUs per
-  node); with the group limited to a node (``teacher.shard_group: node``), none does, and
-  each rank holds ``1 / G`` of the teacher instead of ``1 / W``.
+  node). With ``teacher.shard_group: node`` (ZeRO++ hierarchical partitioning) each rank
+  keeps a second partition over its node's ranks and every gather runs inside the node:
+  ``(G - 1) / G`` of the teacher per forward, none of it across nodes, for
+  ``1 / W + 1 / G`` of the teacher held per rank instead of ``1 / W``.
 """
 
 from __future__ import annotations
@@ -218,7 +220,10 @@ def gather_traffic(
     forwards = config.trainer.accumulate_grad_batches  # CompDemo is one batched forward
     gathered = forwards * teacher_bytes * (group - 1) // group
     cross = 0 if setting == "node" else forwards * teacher_bytes * (world_size - local) // group
-    return GatherTraffic(setting, world_size, nodes, group, teacher_bytes // group, gathered, cross)
+    shard = teacher_bytes // world_size
+    if setting == "node" and nodes > 1:  # the secondary, node-wide partition comes on top
+        shard += teacher_bytes // local
+    return GatherTraffic(setting, world_size, nodes, group, shard, gathered, cross)
 
 
 def _gib(n: int) -> str:
