@@ -62,8 +62,9 @@ def measure(config_name: str, repeats: int, run_dir: str) -> tuple[float, float]
     student, teacher = module.student, module.teacher
 
     def full() -> None:
+        gen = torch.Generator().manual_seed(0)
         out = distill_step(
-            student, teacher, batch, module.objective, 0.5, torch.Generator().manual_seed(0)
+            student, teacher, batch, module.objective, 0.5, gen, pipeline=module.pipeline
         )
         out.loss.backward()
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tide_lightning.method.objective import ObjectiveSettings, distill_step
+from tide_lightning.method.objective import ObjectiveConfig, distill_step
 from tide_lightning.models import build_student
 
 V, MASK, TEACHER_MASK = 40, 39, 38
@@ -11,6 +11,8 @@ V, MASK, TEACHER_MASK = 40, 39, 38
 
 class FakeTeacher:
     """Records its calls; returns fixed random logits per selected position."""
+
+    mask_token_id = TEACHER_MASK
 
     def __init__(self, vocab: int = V) -> None:
         self.calls = []
@@ -36,14 +38,15 @@ def shared_batch(b=3, length=16):
 
 
 def settings(**kw):
-    base = dict(
-        variant="tide_shared", block_size=8, student_mask_id=MASK, teacher_mask_id=TEACHER_MASK
-    )
-    return ObjectiveSettings(**{**base, **kw})
+    return ObjectiveConfig(**{"variant": "tide_shared", "block_size": 8, **kw})
+
+
+def step(*args, pipeline="shared"):
+    return distill_step(*args, pipeline=pipeline)
 
 
 def test_ce_variant_has_no_distill_term(student):
-    out = distill_step(
+    out = step(
         student, None, shared_batch(), settings(variant="ce"), 0.5, torch.Generator().manual_seed(0)
     )
     assert out.loss.item() == out.ce.item() and out.distill.item() == 0.0
@@ -51,7 +54,7 @@ def test_ce_variant_has_no_distill_term(student):
 
 def test_compdemo_one_batched_teacher_call_with_complementary_halves(student):
     teacher, batch = FakeTeacher(), shared_batch()
-    out = distill_step(student, teacher, batch, settings(), 0.5, torch.Generator().manual_seed(1))
+    out = step(student, teacher, batch, settings(), 0.5, torch.Generator().manual_seed(1))
     assert len(teacher.calls) == 1
     ids, wanted, clean = teacher.calls[0]
     b = batch["input_ids"].shape[0]
@@ -71,7 +74,7 @@ def test_compdemo_one_batched_teacher_call_with_complementary_halves(student):
 
 def test_without_compdemo_teacher_sees_the_student_mask(student):
     teacher = FakeTeacher()
-    distill_step(
+    step(
         student,
         teacher,
         shared_batch(),
@@ -85,25 +88,21 @@ def test_without_compdemo_teacher_sees_the_student_mask(student):
 
 def test_same_generator_same_step(student):
     teacher = FakeTeacher()
-    a = distill_step(
-        student, teacher, shared_batch(), settings(), 0.3, torch.Generator().manual_seed(5)
-    )
-    b = distill_step(
-        student, teacher, shared_batch(), settings(), 0.3, torch.Generator().manual_seed(5)
-    )
+    a = step(student, teacher, shared_batch(), settings(), 0.3, torch.Generator().manual_seed(5))
+    b = step(student, teacher, shared_batch(), settings(), 0.3, torch.Generator().manual_seed(5))
     assert a.loss.item() == b.loss.item()
 
 
 def test_lambda_follows_the_schedule(student):
-    early = distill_step(
+    early = step(
         student, FakeTeacher(), shared_batch(), settings(), 0.0, torch.Generator().manual_seed(2)
     )
-    late = distill_step(
+    late = step(
         student, FakeTeacher(), shared_batch(), settings(), 1.0, torch.Generator().manual_seed(2)
     )
     # same masks, lambda_train 0.1 -> 0.9: lambda_t scales by 9
     assert late.lambda_t_mean.item() == pytest.approx(9 * early.lambda_t_mean.item(), rel=1e-5)
-    kl = distill_step(
+    kl = step(
         student,
         FakeTeacher(),
         shared_batch(),
@@ -115,7 +114,7 @@ def test_lambda_follows_the_schedule(student):
 
 
 def test_per_block_time_runs(student):
-    out = distill_step(
+    out = step(
         student,
         FakeTeacher(),
         shared_batch(),
@@ -144,8 +143,10 @@ def cross_batch():
 )
 def test_cross_masks_whole_chunks_on_both_sides(student, variant, compdemo):
     teacher = FakeTeacher(vocab=20)
-    s = settings(variant=variant, pipeline="cross", compdemo=compdemo, temperature=5.0)
-    out = distill_step(student, teacher, cross_batch(), s, 0.5, torch.Generator().manual_seed(4))
+    s = settings(variant=variant, compdemo=compdemo, temperature=5.0)
+    out = step(
+        student, teacher, cross_batch(), s, 0.5, torch.Generator().manual_seed(4), pipeline="cross"
+    )
     ids, wanted, _ = teacher.calls[0]
     b = 1
     teacher_masked = wanted[:b] | wanted[b:] if compdemo else wanted

@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tide_lightning.method.objective import ObjectiveSettings
+from tide_lightning.config import OptimConfig
+from tide_lightning.method.objective import ObjectiveConfig
 from tide_lightning.models import build_student
 from tide_lightning.models.teachers import build_tiny_moe_teacher
-from tide_lightning.training.module import DistillationModule, OptimSettings, warmup_cosine
+from tide_lightning.training.module import DistillationModule, warmup_cosine
 
 V, MASK, TEACHER_MASK = 40, 39, 38
 
@@ -37,11 +38,9 @@ def batches(n=8):
 def fit(teacher, max_bad_steps, steps=4):
     student = build_student(V, 16, 1, 2, MASK, seed=0)
     before = [p.detach().clone() for p in student.parameters()]
-    objective = ObjectiveSettings(
-        variant="kl", block_size=8, student_mask_id=MASK, teacher_mask_id=TEACHER_MASK
-    )
-    optim = OptimSettings(lr=1e-2, total_steps=steps, max_bad_steps=max_bad_steps)
-    module = DistillationModule(student, teacher, objective, optim)
+    objective = ObjectiveConfig(variant="kl", block_size=8)
+    optim = OptimConfig(lr=1e-2, max_bad_steps=max_bad_steps)
+    module = DistillationModule(student, teacher, objective, optim, total_steps=steps)
     trainer = L.Trainer(
         accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,

@@ -3,20 +3,26 @@
 :func:`distill_step` draws times and masks, runs the student, the teacher passes
 (CompDemo's two passes as one batched forward of ``2B`` rows) and the losses from the
 variant registry, and returns every term so the LightningModule only logs. It knows
-nothing about Lightning or configs: its inputs are tensors, models with the small
-interfaces below, and an :class:`ObjectiveSettings` of plain values.
+nothing about Lightning or the config layer: its inputs are tensors, the two models (the
+:class:`~tide_lightning.method.interfaces.Student` and
+:class:`~tide_lightning.method.interfaces.Teacher` protocols, which also carry the mask
+ids), an :class:`ObjectiveConfig` of plain values and the pipeline.
 
-- student: ``forward_train(xt, x0, logits_at, block_size, attention_mask) -> [N, V]``
-- teacher: ``logits(input_ids, logits_at, attention_mask=None, clean_ids=None) -> [N, V]``
+:class:`ObjectiveConfig` is the ``objective`` group of the run config itself, defined here
+because this package never imports the config layer (config.py re-uses it): the
+YAML keys, their defaults, their checks and what this function reads are one definition.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from tide_lightning.errors import ConfigError, require, require_choice
+from tide_lightning.method.interfaces import Student, Teacher
 from tide_lightning.method.losses import (
     chunk_log_probs,
     chunk_probs,
@@ -36,45 +42,107 @@ from tide_lightning.method.masking import (
     sample_mask,
     sample_time,
 )
-from tide_lightning.method.schedules import tidal_lambda, time_weight
-from tide_lightning.method.variants import Variant, get_variant
+from tide_lightning.method.schedules import AXES, SHAPES, TIME_WEIGHTS, tidal_lambda, time_weight
+from tide_lightning.method.variants import PIPELINE_DEFAULTS, PIPELINES, Variant, get_variant
 
 
 @dataclass(frozen=True)
-class ObjectiveSettings:
-    """Plain values that define the training objective (built from the config once)."""
+class ObjectiveConfig:
+    """The ``objective`` config group: what one training step optimises.
+
+    Every value is checked on construction (a bad one raises
+    :class:`~tide_lightning.errors.ConfigError` naming ``objective.<key>``). ``None`` marks
+    a per-pipeline default; :meth:`resolved` fills those in (the config does it at load,
+    so ``print-config`` shows the effective values).
+    """
 
     variant: str = "tide_shared"
-    pipeline: str = "shared"
+    """Training variant (registry in method/variants.py): ce, kl, reverse_kl, tide_shared,
+    tide_cross_shared (shared pipeline); calm, tide_cross, tide_shared_chunk,
+    reverse_tide_shared_chunk (cross); token-level terms joined by "+" (tide_shared+kl)."""
     block_size: int = 32
-    student_mask_id: int = 0
-    teacher_mask_id: int | None = None
-    temperature: float = 2.0
+    """Student block size: tokens denoised together; data.max_length is a multiple of it."""
+    temperature: float | None = None
+    """Distillation temperature (> 0); None: 2.0 shared, 5.0 cross (the published runs)."""
     distill_weight: float = 1.0
-    compdemo: bool = True
+    """Weight of the distillation term (>= 0): loss = ce + distill_weight * distill."""
+    compdemo: bool | None = None
+    """CompDemo (teacher sees the complementary mask half); None: the variant's default."""
     compdemo_ratio: float = 0.5
+    """Share of the masked positions in CompDemo's first half, in (0, 1)."""
     lambda_init: float = 0.1
+    """TIDAL trust at the start of training, in [0, 1]."""
     lambda_max: float = 0.9
+    """TIDAL trust at the end of training, in [lambda_init, 1]."""
     lambda_shape: str = "cosine"
+    """Training-axis ramp from lambda_init to lambda_max: cosine or linear."""
     tidal_axis: str = "both"
-    time_weight: str = "midrange"
+    """TIDAL axes: both, training_only (TAID's schedule) or timestep_only."""
+    time_weight: str | None = None
+    """TIDAL weight over diffusion time: midrange or uniform; None: midrange shared, uniform
+    cross (the published runs)."""
     time_eps: float = 1e-3
+    """Smallest diffusion time, in (0, 1): t = time_eps + (1 - time_eps) * u, u ~ U[0, 1)."""
     per_block_time: bool = False
+    """One diffusion time per block (BD3LM) instead of one per sequence."""
     shared_vocab_size: int | None = None
-    """Token losses compare the first ``shared_vocab_size`` logits (None: the smaller vocab)."""
+    """Token losses compare the first shared_vocab_size logits (> 0); None: the teacher
+    kind's shared vocabulary if it has one, else the smaller of the two vocabularies."""
 
     def __post_init__(self) -> None:
-        variant = get_variant(self.variant, self.pipeline)
-        if variant.needs_teacher and self.teacher_mask_id is None:
-            raise ValueError(f"variant {self.variant!r} needs a teacher mask id")
-        if self.block_size <= 0 or self.temperature <= 0:
-            raise ValueError("block_size and temperature must be positive")
-        if not 0.0 < self.compdemo_ratio < 1.0:
-            raise ValueError(f"compdemo_ratio must be in (0, 1), got {self.compdemo_ratio}")
+        try:
+            get_variant(self.variant)
+        except ValueError as err:
+            raise ConfigError(f"objective.variant: {err}") from None
+        require(self.block_size > 0, "objective.block_size", "> 0", self.block_size)
+        t = self.temperature
+        require(t is None or t > 0, "objective.temperature", "> 0 (or null)", t)
+        w = self.distill_weight
+        require(w >= 0, "objective.distill_weight", ">= 0", w)
+        r = self.compdemo_ratio
+        require(0 < r < 1, "objective.compdemo_ratio", "in (0, 1)", r)
+        require(0 <= self.lambda_init <= 1, "objective.lambda_init", "in [0, 1]", self.lambda_init)
+        require(
+            self.lambda_init <= self.lambda_max <= 1,
+            "objective.lambda_max",
+            f"in [objective.lambda_init={self.lambda_init}, 1]",
+            self.lambda_max,
+        )
+        require_choice("objective.lambda_shape", self.lambda_shape, SHAPES)
+        require_choice("objective.tidal_axis", self.tidal_axis, AXES)
+        if self.time_weight is not None:
+            require_choice("objective.time_weight", self.time_weight, TIME_WEIGHTS)
+        require(0 < self.time_eps < 1, "objective.time_eps", "in (0, 1)", self.time_eps)
+        v = self.shared_vocab_size
+        require(v is None or v > 0, "objective.shared_vocab_size", "> 0 (or null)", v)
 
     @property
     def spec(self) -> Variant:
-        return get_variant(self.variant, self.pipeline)
+        """The variant's registry entry (what its loss is, whether it needs a teacher)."""
+        return get_variant(self.variant)
+
+    def resolved(self, pipeline: str) -> ObjectiveConfig:
+        """This objective with its per-pipeline defaults filled in: the effective values.
+
+        User-given values are kept as they are; only ``None`` fields change (temperature
+        and time weight from :data:`~tide_lightning.method.variants.PIPELINE_DEFAULTS`,
+        CompDemo from the variant). ``shared_vocab_size`` stays: it depends on the teacher.
+
+        Raises:
+            ConfigError: unknown pipeline, or a variant that does not run in it.
+        """
+        require_choice("pipeline", pipeline, PIPELINES)
+        try:
+            variant = get_variant(self.variant, pipeline)
+        except ValueError as err:
+            raise ConfigError(f"objective.variant: {err}") from None
+        defaults = PIPELINE_DEFAULTS[pipeline]
+        given = {"temperature": self.temperature, "time_weight": self.time_weight}
+        filled = {key: defaults[key] if value is None else value for key, value in given.items()}
+        filled["compdemo"] = variant.compdemo if self.compdemo is None else self.compdemo
+        if all(getattr(self, key) == value for key, value in filled.items()):
+            return self
+        return dataclasses.replace(self, **filled)
 
 
 @dataclass
@@ -95,7 +163,7 @@ class StepOutput:
     teacher_finite: bool = True
 
 
-def _draw_time(batch: int, length: int, s: ObjectiveSettings, gen, device) -> Tensor:
+def _draw_time(batch: int, length: int, s: ObjectiveConfig, gen, device) -> Tensor:
     if not s.per_block_time:
         return sample_time(batch, s.time_eps, gen, device=device)
     blocks = -(-length // s.block_size)
@@ -118,41 +186,50 @@ def _zero(like: Tensor) -> Tensor:
 
 
 def distill_step(
-    student,
-    teacher,
+    student: Student,
+    teacher: Teacher | None,
     batch: dict[str, Tensor],
-    settings: ObjectiveSettings,
+    objective: ObjectiveConfig,
     progress: float,
     generator: torch.Generator | None = None,
+    *,
+    pipeline: str,
 ) -> StepOutput:
     """Run one training (or validation) step of the selected variant.
 
     Args:
-        student: block-diffusion student (see module docstring).
-        teacher: teacher adapter, or None for the ``ce`` variant.
-        batch: the collated batch (shared-pipeline keys, plus the cross keys).
-        settings: the objective.
-        progress: ``global_step / total_steps`` for TIDAL.
+        student: the model being trained (its ``mask_token_id`` masks the student input).
+        teacher: the frozen teacher (its ``mask_token_id`` masks the teacher input), or
+            None for the ``ce`` variant.
+        batch: the collated batch: ``input_ids`` Long[B, L], ``maskable`` Bool[B, L],
+            optional ``attention_mask`` Bool[B, L]; cross adds ``teacher_input_ids``
+            Long[B, L'], ``student_chunk_ids`` Long[B, L], ``teacher_chunk_ids`` Long[B, L'].
+        objective: the objective; its ``None`` defaults are resolved for ``pipeline``.
+        progress: ``global_step / total_steps`` in [0, 1], TIDAL's training axis.
         generator: RNG for times, masks and CompDemo splits (fixed in validation).
+        pipeline: "shared" (one tokenizer) or "cross" (chunk losses across tokenizers).
 
     Returns:
         A :class:`StepOutput`; ``loss = ce + distill_weight * distill``.
     """
-    if settings.pipeline == "cross":
-        return _cross_step(student, teacher, batch, settings, progress, generator)
-    return _shared_step(student, teacher, batch, settings, progress, generator)
+    s = objective.resolved(pipeline)
+    if s.spec.needs_teacher and teacher is None:
+        raise ValueError(f"variant {s.variant!r} needs a teacher")
+    if pipeline == "cross":
+        return _cross_step(student, teacher, batch, s, progress, generator)
+    return _shared_step(student, teacher, batch, s, progress, generator)
 
 
-def _student_pass(student, batch, masked: Tensor, t: Tensor, s: ObjectiveSettings):
+def _student_pass(student, batch, masked: Tensor, t: Tensor, s: ObjectiveConfig):
     """Student logits at ``masked`` (Float[N, V]), the CE term, and the mask rate."""
     x0, maskable = batch["input_ids"], batch["maskable"]
-    xt = apply_mask(x0, masked, s.student_mask_id)
+    xt = apply_mask(x0, masked, student.mask_token_id)
     logits = student.forward_train(xt, x0, masked, s.block_size, batch.get("attention_mask"))
     ce = masked_diffusion_ce(logits, x0, masked, t, maskable)
     return logits, ce, masked.sum() / maskable.sum().clamp(min=1)
 
 
-def _shared_step(student, teacher, batch, s: ObjectiveSettings, progress, gen) -> StepOutput:
+def _shared_step(student, teacher, batch, s: ObjectiveConfig, progress, gen) -> StepOutput:
     x0, maskable = batch["input_ids"], batch["maskable"]
     attention_mask = batch.get("attention_mask")
     t = _draw_time(x0.shape[0], x0.shape[1], s, gen, x0.device)
@@ -164,12 +241,12 @@ def _shared_step(student, teacher, batch, s: ObjectiveSettings, progress, gen) -
 
     if s.compdemo:
         half_a, half_b = complementary_split(masked, s.compdemo_ratio, gen)
-        ids, wanted = complementary_inputs(x0, half_a, half_b, s.teacher_mask_id)
+        ids, wanted = complementary_inputs(x0, half_a, half_b, teacher.mask_token_id)
         pair = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
         both = teacher.logits(ids, wanted, attention_mask=pair, clean_ids=torch.cat([x0, x0]))
         teacher_logits = merge_complementary(both, half_a, half_b)
     else:
-        teacher_ids = apply_mask(x0, masked, s.teacher_mask_id)
+        teacher_ids = apply_mask(x0, masked, teacher.mask_token_id)
         teacher_logits = teacher.logits(
             teacher_ids, masked, attention_mask=attention_mask, clean_ids=x0
         )
@@ -201,7 +278,7 @@ def _token_grid(values: Tensor, selected: Tensor) -> Tensor:
     )
 
 
-def _cross_step(student, teacher, batch, s: ObjectiveSettings, progress, gen) -> StepOutput:
+def _cross_step(student, teacher, batch, s: ObjectiveConfig, progress, gen) -> StepOutput:
     x0, maskable = batch["input_ids"], batch["maskable"]
     s_chunks, t_chunks = batch["student_chunk_ids"], batch["teacher_chunk_ids"]
     num_chunks = num_chunks_of(s_chunks, t_chunks)
@@ -221,14 +298,14 @@ def _cross_step(student, teacher, batch, s: ObjectiveSettings, progress, gen) ->
         _, _, half_a, half_b = complementary_chunk_split(
             chunk_masked, s_chunks, t_chunks, s.compdemo_ratio, gen
         )
-        ids, wanted = complementary_inputs(tx0, half_a, half_b, s.teacher_mask_id)
+        ids, wanted = complementary_inputs(tx0, half_a, half_b, teacher.mask_token_id)
         pair = None if t_attention is None else torch.cat([t_attention, t_attention])
         both = teacher.logits(ids, wanted, attention_mask=pair)
         targets = torch.cat([tx0, tx0])[wanted]
         grid = _token_grid(gold_log_probs(both, targets), wanted)
         teacher_token_lp = grid[: tx0.shape[0]] + grid[tx0.shape[0] :]
     else:
-        ids = apply_mask(tx0, teacher_masked, s.teacher_mask_id)
+        ids = apply_mask(tx0, teacher_masked, teacher.mask_token_id)
         teacher_logits = teacher.logits(ids, teacher_masked, attention_mask=t_attention)
         teacher_token_lp = _token_grid(
             gold_log_probs(teacher_logits, tx0[teacher_masked]), teacher_masked

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from tide_lightning.config import RunConfig, SourceConfig, TokenizerConfig
+from tide_lightning.config import ConfigError, RunConfig, SourceConfig, TokenizerConfig
 from tide_lightning.data import DistillDataModule, SourceSpec, open_source
 from tide_lightning.data.sources import SkipLog
 from tide_lightning.data.tokenization import (
@@ -29,14 +29,12 @@ from tide_lightning.data.tokenization import (
     train_byte_level_bpe,
     train_unigram_metaspace,
 )
-from tide_lightning.method.objective import ObjectiveSettings
-from tide_lightning.method.variants import get_variant
+from tide_lightning.method.objective import ObjectiveConfig
 from tide_lightning.models import build_student, load_student
 from tide_lightning.models.frozen import TeacherHolder, hold_teacher, setup_teacher
 from tide_lightning.models.teachers import build_tiny_moe_teacher
 from tide_lightning.training.callbacks import DataSkipLogger
-from tide_lightning.training.checkpoints import AtomicCheckpointIO, resume_checkpoint
-from tide_lightning.training.module import DistillationModule, OptimSettings
+from tide_lightning.training.module import DistillationModule
 from tide_lightning.training.preemption import PreemptionCheckpoint
 
 
@@ -146,23 +144,15 @@ class Run:
     teacher_tokenizer: object | None
 
 
-def _objective(config: RunConfig, student_mask: int, teacher_mask: int | None) -> ObjectiveSettings:
-    """The config's objective group plus what only the run knows (ids, resolved defaults)."""
+def _objective(config: RunConfig) -> ObjectiveConfig:
+    """The objective group; an unset ``shared_vocab_size`` becomes the teacher kind's."""
+    o = config.objective
+    if o.shared_vocab_size is not None or config.teacher is None:
+        return o
     from tide_lightning.models.teachers import teacher_kind
 
-    o = config.objective
-    shared_vocab = o.shared_vocab_size
-    if shared_vocab is None and config.teacher is not None:
-        shared_vocab = teacher_kind(config.teacher.kind).shared_vocab_size
-    resolved = dataclasses.asdict(o) | {
-        "pipeline": config.pipeline,
-        "student_mask_id": student_mask,
-        "teacher_mask_id": teacher_mask,
-        "temperature": o.temperature or (5.0 if config.pipeline == "cross" else 2.0),
-        "compdemo": get_variant(o.variant).compdemo if o.compdemo is None else o.compdemo,
-        "shared_vocab_size": shared_vocab,
-    }
-    return ObjectiveSettings(**resolved)
+    shared = teacher_kind(config.teacher.kind).shared_vocab_size
+    return dataclasses.replace(o, shared_vocab_size=shared)
 
 
 def _student(config: RunConfig, tokenizer):
@@ -217,7 +207,7 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
     L.seed_everything(config.seed, workers=True, verbose=False)
     specs = source_specs(config.data.sources)
     if not specs:
-        raise ValueError("data.sources is empty: give at least one training source")
+        raise ConfigError("data.sources is empty: give at least one training source")
     if config.student.path is not None:  # the checkpoint's own tokenizer, with <|mask|>
         student_tok = load_tokenizer_dir(config.student.path)
     else:
@@ -239,23 +229,13 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
             t.num_layers, config.seed + 1,
         )  # fmt: skip
 
-    tr = config.trainer
-    o = config.optim
-    optim = OptimSettings(
-        lr=o.lr,
-        weight_decay=o.weight_decay,
-        betas=tuple(o.betas),
-        warmup_ratio=o.warmup_ratio,
-        min_lr_ratio=o.min_lr_ratio,
-        total_steps=tr.max_steps,
-        max_bad_steps=o.max_bad_steps,
-    )
-    mask_id = student_tok.mask_token_id
     module = DistillationModule(
         student,
         None,
-        _objective(config, mask_id, teacher_mask),
-        optim,
+        _objective(config),
+        config.optim,
+        pipeline=config.pipeline,
+        total_steps=config.trainer.max_steps,
         seed=config.seed,
         teacher_factory=factory,
     )
@@ -347,11 +327,7 @@ def build_trainer(config: RunConfig, callbacks: list | None = None) -> L.Trainer
         ],
         # Lightning's own SLURM requeue saves inside the signal handler, which can hang:
         # PreemptionCheckpoint does it at a step boundary instead.
-        # Atomic checkpoint writes: a kill during a save never leaves a torn last.ckpt.
-        plugins=[
-            AtomicCheckpointIO(),
-            *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []),
-        ],
+        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
         default_root_dir=config.run_dir,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
@@ -359,6 +335,12 @@ def build_trainer(config: RunConfig, callbacks: list | None = None) -> L.Trainer
 
 
 def resume_path(config: RunConfig) -> str | None:
-    """The checkpoint ``fit`` resumes from: ``resume`` = auto (the newest intact one,
-    broken ones reported and passed over), never, or a path (it must be intact)."""
-    return resume_checkpoint(config.resume, config.run_dir)
+    """The checkpoint ``fit`` resumes from: ``resume`` = auto, never, or a path."""
+    if config.resume == "never":
+        return None
+    if config.resume != "auto":
+        if not Path(config.resume).is_file():
+            raise FileNotFoundError(f"resume checkpoint {config.resume!r} does not exist")
+        return config.resume
+    last = Path(config.run_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None

@@ -13,31 +13,18 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from tide_lightning.method.objective import ObjectiveSettings, StepOutput, distill_step
+from tide_lightning.config import OptimConfig
+from tide_lightning.method.objective import ObjectiveConfig, StepOutput, distill_step
 from tide_lightning.method.schedules import lambda_train
 from tide_lightning.models.frozen import TeacherHolder
 from tide_lightning.training import plots
 from tide_lightning.training.metrics import BinnedMean
-
-
-@dataclass(frozen=True)
-class OptimSettings:
-    """AdamW with linear warmup and cosine decay over ``total_steps`` optimizer steps."""
-
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_ratio: float = 0.1
-    min_lr_ratio: float = 0.0
-    total_steps: int = 1000
-    max_bad_steps: int = 20
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> float:
@@ -56,8 +43,11 @@ class DistillationModule(L.LightningModule):
     Args:
         student: the block-diffusion student (``forward_train``).
         teacher: frozen teacher adapter (``logits``), a sharded one, or None for ``ce``.
-        objective: what to optimise.
-        optim: optimizer and schedule.
+        objective: what to optimise (its per-pipeline defaults are resolved here).
+        optim: AdamW and its schedule: linear warmup, then cosine decay over ``total_steps``.
+        pipeline: "shared" or "cross", as the data module's batches.
+        total_steps: optimizer steps of the whole run (the LR schedule's and TIDAL's
+            progress ``global_step / total_steps``).
         seed: base seed of the masking RNG.
         val_seed: base seed of validation's fixed masks.
         teacher_factory: a callable returning a :class:`TeacherHolder`, called in ``setup``
@@ -68,8 +58,10 @@ class DistillationModule(L.LightningModule):
         self,
         student: torch.nn.Module,
         teacher,
-        objective: ObjectiveSettings,
-        optim: OptimSettings,
+        objective: ObjectiveConfig,
+        optim: OptimConfig,
+        pipeline: str = "shared",
+        total_steps: int = 1000,
         seed: int = 0,
         val_seed: int = 1234,
         teacher_factory=None,
@@ -82,8 +74,8 @@ class DistillationModule(L.LightningModule):
         # A plain object, not a submodule: nothing of the teacher enters the optimizer,
         # the checkpoint or DDP's reducer, and trainer.fit's .train() never reaches it.
         self.teacher = None if teacher is None else TeacherHolder(teacher)
-        self.objective = objective
-        self.optim = optim
+        self.objective = objective.resolved(pipeline)
+        self.optim, self.pipeline, self.total_steps = optim, pipeline, total_steps
         self.seed, self.val_seed = seed, val_seed
         self.save_hyperparameters(
             {"objective": dataclasses.asdict(objective), "optim": dataclasses.asdict(optim)}
@@ -104,7 +96,7 @@ class DistillationModule(L.LightningModule):
 
     @property
     def progress(self) -> float:
-        return min(self.global_step / max(self.optim.total_steps, 1), 1.0)
+        return min(self.global_step / max(self.total_steps, 1), 1.0)
 
     def _teacher_to_device(self) -> None:
         if self.teacher is not None:
@@ -112,7 +104,13 @@ class DistillationModule(L.LightningModule):
 
     def _run(self, batch: dict[str, Tensor], generator: torch.Generator) -> StepOutput:
         return distill_step(
-            self.student, self.teacher, batch, self.objective, self.progress, generator
+            self.student,
+            self.teacher,
+            batch,
+            self.objective,
+            self.progress,
+            generator,
+            pipeline=self.pipeline,
         )
 
     # -- Lightning hooks, in Lightning's order ----------------------------------------------
@@ -232,7 +230,7 @@ class DistillationModule(L.LightningModule):
         )
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda step: warmup_cosine(step, o.total_steps, o.warmup_ratio, o.min_lr_ratio),
+            lambda step: warmup_cosine(step, self.total_steps, o.warmup_ratio, o.min_lr_ratio),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -240,4 +238,4 @@ class DistillationModule(L.LightningModule):
         config = getattr(getattr(self.student, "model", None), "config", None)
         if config is not None:
             checkpoint["student_hf_config"] = config.to_dict()
-        checkpoint["student_mask_token_id"] = self.objective.student_mask_id
+        checkpoint["student_mask_token_id"] = self.student.mask_token_id
