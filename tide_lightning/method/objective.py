@@ -43,6 +43,7 @@ from tide_lightning.method.masking import (
     sample_time,
 )
 from tide_lightning.method.schedules import AXES, SHAPES, TIME_WEIGHTS, tidal_lambda, time_weight
+from tide_lightning.method.teacher_view import aligned_teacher_logits
 from tide_lightning.method.variants import PIPELINE_DEFAULTS, PIPELINES, Variant, get_variant
 
 
@@ -203,7 +204,10 @@ def distill_step(
             None for the ``ce`` variant.
         batch: the collated batch: ``input_ids`` Long[B, L], ``maskable`` Bool[B, L],
             optional ``attention_mask`` Bool[B, L]; cross adds ``teacher_input_ids``
-            Long[B, L'], ``student_chunk_ids`` Long[B, L], ``teacher_chunk_ids`` Long[B, L'].
+            Long[B, L'], ``student_chunk_ids`` Long[B, L], ``teacher_chunk_ids`` Long[B, L'];
+            the shared pipeline's aligned teacher view adds ``teacher_input_ids`` Long[B, L'],
+            ``teacher_attention_mask`` Bool[B, L'] and ``aligned_teacher_pos`` Long[B, L]
+            (:mod:`tide_lightning.method.teacher_view`).
         objective: the objective; its ``None`` defaults are resolved for ``pipeline``.
         progress: ``global_step / total_steps`` in [0, 1], TIDAL's training axis.
         generator: RNG for times, masks and CompDemo splits (fixed in validation).
@@ -239,19 +243,29 @@ def _shared_step(student, teacher, batch, s: ObjectiveConfig, progress, gen) -> 
     if not variant.needs_teacher:
         return StepOutput(ce, ce, _zero(ce), mask_rate, _zero(ce))
 
-    if s.compdemo:
+    if "aligned_teacher_pos" in batch:
+        # The teacher reads its own rendering (aligned view): distil only the masked
+        # positions with a teacher counterpart; |M| counts those.
+        distilled = masked & (batch["aligned_teacher_pos"] >= 0)
+        teacher_logits = aligned_teacher_logits(
+            teacher, batch, distilled, s.compdemo, s.compdemo_ratio, gen
+        )
+        logits = logits[distilled[masked]]
+    elif s.compdemo:
+        distilled = masked
         half_a, half_b = complementary_split(masked, s.compdemo_ratio, gen)
         ids, wanted = complementary_inputs(x0, half_a, half_b, teacher.mask_token_id)
         pair = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
         both = teacher.logits(ids, wanted, attention_mask=pair, clean_ids=torch.cat([x0, x0]))
         teacher_logits = merge_complementary(both, half_a, half_b)
     else:
+        distilled = masked
         teacher_ids = apply_mask(x0, masked, teacher.mask_token_id)
         teacher_logits = teacher.logits(
             teacher_ids, masked, attention_mask=attention_mask, clean_ids=x0
         )
     student_v, teacher_v = _shared_vocab(logits, teacher_logits, s.shared_vocab_size)
-    t_pos = _position_time(t, masked)
+    t_pos = _position_time(t, distilled)
     lam = tidal_lambda(t_pos, progress, s.lambda_init, s.lambda_max, s.lambda_shape, s.tidal_axis)
     weight = time_weight(t_pos, s.time_weight)
     distill = variant.loss(student_v, teacher_v, lam=lam, weight=weight, temperature=s.temperature)
