@@ -230,16 +230,31 @@ def sample_command(args: argparse.Namespace) -> None:
         print()
 
 
+def _task_data(items: list[str]) -> dict[str, str]:
+    """``--data TASK=PATH ...`` as a dict."""
+    data = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not (sep and name and path):
+            raise UserError(f"--data expects TASK=PATH, got {item!r}")
+        data[name] = path
+    return data
+
+
 def evaluate_command(args: argparse.Namespace) -> None:
     from tide_lightning.evaluation import build_tasks, evaluate, format_summary
     from tide_lightning.generation.text import text_generate_fn
 
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1 (items per task), got {args.limit}")
     if args.suite is not None:
         return _evaluate_suite(args)
-    data = dict(item.split("=", 1) for item in args.data)
+    data = _task_data(args.data)
+    names = [name for item in args.tasks or ["humaneval"] for name in item.split(",") if name]
+    # Task names and data files are checked before the model loads (minutes for a 16B one).
+    build_tasks(names, data, args.limit, args.timeout)
     loaded = _load_model(args)
     # The tasks render their prompts in the tokenizer's chat template themselves.
-    names = [name for item in args.tasks or ["humaneval"] for name in item.split(",") if name]
     tasks = build_tasks(names, data, args.limit, args.timeout, tokenizer=loaded.tokenizer)
     generate_fn = text_generate_fn(
         loaded.student, loaded.tokenizer, chat=False, batch_size=args.batch_size,
