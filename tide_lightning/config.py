@@ -17,7 +17,9 @@ pipeline/variant" and is resolved at load (:meth:`ObjectiveConfig.resolved`), so
 
 Each group is the one dataclass the code below receives; nothing else mirrors its fields.
 The ``objective`` group lives in :mod:`tide_lightning.method.objective` (the method package
-never imports this module) and is re-used here. Configs stop at
+never imports this module) and is re-used here; :class:`SourceSpec` is defined here and
+re-exported by :mod:`tide_lightning.data.sources` (importing the data package would pull in
+Lightning and transformers, seconds of start-up for ``print-config``). Configs stop at
 :mod:`tide_lightning.training.builders`, which passes the groups on, plus what only the run
 knows (pipeline, step count, mask ids), as separate arguments.
 """
@@ -46,7 +48,7 @@ __all__ = [
     "ObjectiveConfig",
     "OptimConfig",
     "RunConfig",
-    "SourceConfig",
+    "SourceSpec",
     "StudentConfig",
     "TeacherConfig",
     "TokenizerConfig",
@@ -56,7 +58,9 @@ __all__ = [
 ]
 
 SOURCE_KINDS = ("jsonl", "parquet", "text", "code", "hf")
-"""As :data:`tide_lightning.data.sources.KINDS`."""
+"""Data source kinds (:mod:`tide_lightning.data.sources` reads each)."""
+CODE_SUFFIXES = (".py", ".c", ".h", ".cpp", ".rs", ".go", ".js", ".ts", ".java", ".sh")
+"""File endings a ``code`` directory source keeps by default."""
 TEACHER_KINDS = ("llada2", "wedlm", "generic", "tiny_moe")
 """The keys of :data:`tide_lightning.models.teachers.TEACHER_KINDS` (a test keeps them equal;
 spelled out so that loading a config does not import transformers)."""
@@ -70,24 +74,30 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-t
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything range
 
 
-@dataclass
-class SourceConfig:
-    """One corpus of the training (or validation) mixture."""
+@dataclass(frozen=True)
+class SourceSpec:
+    """One corpus of the training (or validation) mixture, as :mod:`tide_lightning.data`
+    reads it (``SourceSpec("jsonl", "/data/*.jsonl", weight=2.0)`` outside a config)."""
 
     kind: str = MISSING
     """jsonl, parquet, text (one document per file), code (one per code file) or hf."""
     path: str = MISSING
-    """File, directory, glob (** recurses), or HF dataset name (kind hf)."""
+    """File, directory (its kind's files below it), glob (** recurses), or HF dataset name."""
     weight: float = 1.0
     """Relative sampling weight in the mixture (> 0)."""
     field: str | None = None
-    """Record field holding the document (default: messages, else text)."""
+    """Record field holding the document; None: messages (a chat) if present, else text."""
     split: str = "train"
-    """Split of an HF dataset."""
+    """Split of an HF dataset (kind hf only)."""
+    suffixes: tuple[str, ...] = CODE_SUFFIXES
+    """File endings a code directory keeps."""
+    assistant_contains: str | None = None
+    """Keep only records whose last assistant reply (or text) contains this (OpenCoder
+    [lang:python]: "python"); None keeps every record."""
 
     def __post_init__(self) -> None:
-        require_choice("data.sources[].kind", self.kind, SOURCE_KINDS)
-        require(self.weight > 0, f"weight of data source {self.path}", "> 0", self.weight)
+        require_choice(f"data source {self.path}: kind", self.kind, SOURCE_KINDS)
+        require(self.weight > 0, f"data source {self.path}: weight", "> 0", self.weight)
 
 
 @dataclass
@@ -190,9 +200,9 @@ class TeacherConfig:
 class DataConfig:
     """Sources, lengths and batching."""
 
-    sources: list[SourceConfig] = field(default_factory=list)
+    sources: list[SourceSpec] = field(default_factory=list)
     """Training corpora (at least one for fit)."""
-    val_sources: list[SourceConfig] = field(default_factory=list)
+    val_sources: list[SourceSpec] = field(default_factory=list)
     """Validation corpora; empty: see heldout_fraction."""
     max_length: int = 512
     """Student length L (a multiple of objective.block_size)."""

@@ -25,11 +25,13 @@ from typing import Any
 
 import numpy as np
 
+# The source group of the run config is the one SourceSpec; defined there so that loading a
+# config does not import this package.
+from tide_lightning.config import SourceSpec
 from tide_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("jsonl", "parquet", "text", "code", "hf")
 # Why a record was skipped (docs/data.md explains each); logged as data/skipped_<reason>.
 # Append only: checkpoints store the counts by name, so older ones still load.
 SKIP_REASONS = (
@@ -44,7 +46,6 @@ SKIP_REASONS = (
     "read_error",  # any other failure while reading the record (I/O error, bad row)
     "tokenize_error",  # the tokenizer or the alignment raised on this record
 )
-CODE_SUFFIXES = (".py", ".c", ".h", ".cpp", ".rs", ".go", ".js", ".ts", ".java", ".sh")
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 # File endings a directory source keeps, per kind (code: SourceSpec.suffixes). A glob or
 # a single file is taken as given.
@@ -55,41 +56,6 @@ FOLDER_SUFFIXES = {"jsonl": (".jsonl",), "parquet": (".parquet",), "text": TEXT_
 _JSON_BYTES_PER_CHAR = 12
 _UTF8_BYTES_PER_CHAR = 4
 _BOM = b"\xef\xbb\xbf"
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """One corpus in the mixture.
-
-    Attributes:
-        kind: "jsonl", "parquet", "text" (one document per file), "code" (one document
-            per code file of a directory) or "hf" (a Hugging Face dataset by name).
-        path: a file, a directory (all files below it) or a glob (``**`` recurses);
-            for "hf" the dataset name.
-        weight: relative sampling probability in the mixture (> 0).
-        field: record field holding the document; None picks "messages" (chat) if
-            present, else "text". A string value is raw text, a list is chat messages.
-        split: dataset split, "hf" only.
-        suffixes: file endings kept for "code" directories.
-        assistant_contains: keep only records whose last assistant reply (or text)
-            contains this string (:mod:`tide_lightning.data.selection`); None keeps all.
-    """
-
-    kind: str
-    path: str
-    weight: float = 1.0
-    field: str | None = None
-    split: str = "train"
-    suffixes: tuple[str, ...] = CODE_SUFFIXES
-    assistant_contains: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise UserError(
-                f"data source {self.path}: kind must be one of {KINDS}, got {self.kind!r}"
-            )
-        if not self.weight > 0:
-            raise UserError(f"data source {self.path}: weight must be > 0, got {self.weight}")
 
 
 @dataclass(frozen=True)

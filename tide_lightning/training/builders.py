@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from tide_lightning.config import ConfigError, RunConfig, SourceConfig, TokenizerConfig
+from tide_lightning.config import ConfigError, RunConfig, TokenizerConfig
 from tide_lightning.data import DistillDataModule, SourceSpec, open_source
 from tide_lightning.data.sources import SkipLog
 from tide_lightning.data.tokenization import (
@@ -36,10 +36,6 @@ from tide_lightning.models.teachers import build_tiny_moe_teacher
 from tide_lightning.training.callbacks import DataSkipLogger
 from tide_lightning.training.module import DistillationModule
 from tide_lightning.training.preemption import PreemptionCheckpoint
-
-
-def source_specs(sources: list[SourceConfig]) -> list[SourceSpec]:
-    return [SourceSpec(s.kind, s.path, s.weight, s.field, s.split) for s in sources]
 
 
 def _training_texts(specs: list[SourceSpec], limit: int):
@@ -205,7 +201,7 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    specs = source_specs(config.data.sources)
+    specs = list(config.data.sources)
     if not specs:
         raise ConfigError("data.sources is empty: give at least one training source")
     if config.student.path is not None:  # the checkpoint's own tokenizer, with <|mask|>
@@ -243,7 +239,7 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
     datamodule = DistillDataModule(
         specs,
         student_tok,
-        val_sources=source_specs(d.val_sources),
+        val_sources=d.val_sources,
         teacher_tokenizer=teacher_tok,
         pipeline=config.pipeline,
         max_length=d.max_length,
