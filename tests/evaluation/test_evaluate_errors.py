@@ -83,3 +83,13 @@ def test_valid_tasks_get_as_far_as_the_model(tmp_path, capsys):
     data = FIXTURES / "gsm8k_sample.jsonl"
     assert _evaluate(tmp_path, "--tasks", "gsm8k", "--data", f"gsm8k={data}", "--limit", "1") == 2
     assert "no-model-here" in _error(capsys)  # every task check passed; the model is next
+
+
+def test_evaluate_refuses_a_task_without_items(tmp_path):
+    from tide_lightning.errors import UserError
+    from tide_lightning.evaluation.runner import evaluate
+    from tide_lightning.evaluation.task import Task
+
+    empty = Task("gsm8k", (), lambda sample, completion: {}, ("strict",))
+    with pytest.raises(UserError, match="task gsm8k has no items"):
+        evaluate(lambda prompts: [], [empty], tmp_path, show_progress=False)

@@ -18,6 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from tide_lightning.errors import UserError
 from tide_lightning.evaluation.task import Sample, Task
 
 GenerateFn = Callable[[list[str]], list[str]]
@@ -116,7 +117,13 @@ def evaluate(
 
     Returns:
         ``{task: {"n": count, metric: percentage, ...}}``.
+
+    Raises:
+        UserError: a task without items.
     """
+    empty = [task.name for task in tasks if not task.samples]
+    if empty:  # a score over zero items would read as 0.00
+        raise UserError(f"task {empty[0]} has no items to evaluate")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, float]] = {}
