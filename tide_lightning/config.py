@@ -207,7 +207,16 @@ class DataConfig:
     max_length: int = 512
     """Student length L (a multiple of objective.block_size)."""
     teacher_max_length: int = 1024
-    """Teacher length (cross pipeline)."""
+    """Teacher length: the cross teacher's, and the aligned shared view's (then a multiple
+    of objective.block_size; published WeDLM runs: 768)."""
+    supervision: str = "last_turn"
+    """Chat records: last_turn (only the final assistant turn and its end-of-turn token are
+    supervised, everything before is prompt: the published SFT) or all_turns."""
+    teacher_view: str = "same_sequence"
+    """Shared pipeline: same_sequence (the teacher reads the student's tokens; for a teacher
+    with the student's chat template) or aligned (the teacher renders chats with its own
+    tokenizer and template; token losses at aligned answer tokens: the published
+    *_aligned modes)."""
     batch_size: int = 8
     """Sequences per rank and micro-batch (>= 1)."""
     num_workers: int = 2
@@ -220,12 +229,17 @@ class DataConfig:
     """Documents longer than this many characters are skipped (data/skipped_too_long)."""
 
     def __post_init__(self) -> None:
+        from tide_lightning.data.examples import TEACHER_VIEWS
+        from tide_lightning.method.alignment.chat import SUPERVISION
+
         require(self.max_length > 0, "data.max_length", "> 0", self.max_length)
         t = self.teacher_max_length
         require(t > 0, "data.teacher_max_length", "> 0", t)
         require(self.batch_size >= 1, "data.batch_size", ">= 1", self.batch_size)
         require(self.num_workers >= 0, "data.num_workers", ">= 0", self.num_workers)
         require(self.val_batches >= 1, "data.val_batches", ">= 1", self.val_batches)
+        require_choice("data.supervision", self.supervision, SUPERVISION)
+        require_choice("data.teacher_view", self.teacher_view, TEACHER_VIEWS)
         m = self.max_doc_chars
         require(m > 0, "data.max_doc_chars", "> 0", m)
 
@@ -360,6 +374,14 @@ class RunConfig:
             f"a multiple of objective.block_size={block}",
             self.data.max_length,
         )
+        if self.data.teacher_view == "aligned":
+            require(not cross, "data.teacher_view", "same_sequence in the cross pipeline", "aligned")
+            require(
+                self.data.teacher_max_length % block == 0,
+                "data.teacher_max_length",
+                f"a multiple of objective.block_size={block} (aligned teacher view)",
+                self.data.teacher_max_length,
+            )
 
 
 def _stdlib_dir() -> str:

@@ -40,10 +40,11 @@ class DistillDataModule(L.LightningDataModule):
         sources: training corpora (mixed by weight).
         student_tokenizer: fast Hugging Face tokenizer of the student.
         val_sources: held-out corpora; empty disables validation.
-        teacher_tokenizer: teacher tokenizer, cross pipeline only.
+        teacher_tokenizer: teacher tokenizer: cross pipeline, and the shared pipeline's
+            aligned teacher view (same vocabulary, its own chat template).
         pipeline: "shared" or "cross".
         max_length: student length L (a multiple of ``block_size``).
-        teacher_max_length: teacher length Lt (cross pipeline).
+        teacher_max_length: teacher length Lt (cross pipeline, aligned teacher view).
         block_size: diffusion block size.
         batch_size: examples per batch per rank.
         num_workers: dataloader workers per rank.
@@ -60,6 +61,9 @@ class DistillDataModule(L.LightningDataModule):
             each document once per epoch): :mod:`tide_lightning.data.mixing`.
         heldout_fraction: without ``val_sources``, this share of every training source
             is held out for validation (:mod:`tide_lightning.data.selection`); 0: none.
+        supervision: chat records: "last_turn" (published) or "all_turns".
+        teacher_view: shared pipeline: "same_sequence" or "aligned"
+            (:class:`~tide_lightning.data.examples.ExampleBuilder`).
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class DistillDataModule(L.LightningDataModule):
         teacher_pad_id: int | None = None,
         mixing: str = "weighted",
         heldout_fraction: float = 0.0,
+        supervision: str = "last_turn",
+        teacher_view: str = "same_sequence",
     ) -> None:
         super().__init__()
         if not sources:
@@ -93,7 +99,7 @@ class DistillDataModule(L.LightningDataModule):
             raise ValueError("the student tokenizer has no EOS token; pass eos_id")
         self.builder = ExampleBuilder(
             student_tokenizer, max_length, block_size, eos_id, pipeline,
-            teacher_tokenizer, teacher_max_length, pack_text,
+            teacher_tokenizer, teacher_max_length, pack_text, supervision, teacher_view,
         )  # fmt: skip
         self.sources, self.val_sources = list(sources), list(val_sources)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed

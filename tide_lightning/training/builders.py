@@ -185,13 +185,24 @@ def _student(config: RunConfig, tokenizer):
     return student
 
 
-def teacher_tokenizer_of(config: RunConfig, specs: list[SourceSpec], run_dir: Path):
+def teacher_tokenizer_of(
+    config: RunConfig, specs: list[SourceSpec], run_dir: Path, student_tok=None
+):
+    """The teacher's tokenizer: cross pipeline, or the shared pipeline's aligned view.
+
+    The aligned view's teacher shares the student's vocabulary but renders chats with its
+    own template; a teacher without a tokenizer of its own (the in-process ``tiny_moe``)
+    reads with the student's tokenizer.
+    """
     teacher = config.teacher
-    if config.pipeline != "cross" or teacher is None:
+    aligned = config.pipeline == "shared" and config.data.teacher_view == "aligned"
+    if teacher is None or not (config.pipeline == "cross" or aligned):
         return None
     if teacher.tokenizer is not None:
         return build_tokenizer(teacher.tokenizer, specs, run_dir / "teacher_tokenizer")
     if teacher.path is None:
+        if aligned and student_tok is not None:
+            return student_tok
         raise ValueError("the cross pipeline needs teacher.tokenizer or teacher.path")
     return load_tokenizer_dir(teacher.path)
 
@@ -210,7 +221,7 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
         student_tok = build_tokenizer(
             config.student.tokenizer, specs, run_dir / "student_tokenizer"
         )
-    teacher_tok = teacher_tokenizer_of(config, specs, run_dir)
+    teacher_tok = teacher_tokenizer_of(config, specs, run_dir, student_tok)
     student = _student(config, student_tok)
 
     factory, teacher_mask = None, None
@@ -251,6 +262,8 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
         pack_text=d.pack_text,
         val_batches=d.val_batches,
         max_doc_chars=d.max_doc_chars,
+        supervision=d.supervision,
+        teacher_view=d.teacher_view,
     )
     trainer = build_trainer(config, callbacks)
     return Run(config, module, datamodule, trainer, student_tok, teacher_tok)
