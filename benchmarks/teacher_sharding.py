@@ -45,7 +45,7 @@ def _worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     )  # fmt: skip
     torch.set_num_threads(max(1, args.threads))
     dist.init_process_group("gloo", rank=rank, world_size=args.world)
-    from tide_lightning.models import build_tiny_moe_teacher, shard_teacher, zero3_config
+    from tide_lightning.models import build_tiny_moe_teacher, setup_teacher
     from tide_lightning.models.sharding import local_parameter_bytes
 
     def build():
@@ -64,7 +64,7 @@ def _worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     whole_s = _median_seconds(lambda: whole.logits(x, selected), args.iters)
     reference = whole.logits(x, selected)
 
-    sharded = shard_teacher(build(), "deepspeed", zero3_config(), guard_timeout_s=120)
+    sharded = setup_teacher(build(), sharding="deepspeed", guard_timeout_s=120)
     sharded_bytes = sharded.local_parameter_bytes()
     sharded_s = _median_seconds(lambda: sharded.logits(x, selected), args.iters)
     err = (sharded.logits(x, selected) - reference).abs().max().item()

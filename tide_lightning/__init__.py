@@ -41,7 +41,7 @@ _EXPORTS = {
     "tide_lightning.evaluation.sandbox": ("ProgramResult", "check_program"),
     "tide_lightning.method.schedules": ("lambda_train", "midrange_weight", "tidal_lambda"),
     "tide_lightning.method.variants": ("VARIANTS", "Variant", "get_variant"),
-    "tide_lightning.models.teachers": ("load_teacher",),
+    "tide_lightning.models.frozen": ("load_teacher",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -86,5 +86,5 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
     )
     from tide_lightning.method.schedules import lambda_train, midrange_weight, tidal_lambda
     from tide_lightning.method.variants import VARIANTS, Variant, get_variant
+    from tide_lightning.models.frozen import load_teacher
     from tide_lightning.models.masks import bd3lm_attention_mask
-    from tide_lightning.models.teachers import load_teacher

@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from tide_lightning.models import (
-    ShardedTeacher,
+    FrozenTeacher,
     build_student,
     build_tiny_moe_teacher,
     setup_teacher,
-    shard_teacher,
 )
 
 VOCAB = 64
@@ -57,13 +56,14 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
         WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
     )  # fmt: skip
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from tide_lightning.models import build_teacher, load_teacher, zero3_config
+    from tide_lightning.models import build_teacher, load_adapter, zero3_config
     from tide_lightning.models.sharding import (
         LockstepGuard,
         TeacherLockstepError,
         full_parameter_count,
         is_partitioned,
         local_parameter_bytes,
+        zero3_init,
     )
 
     report = {}
@@ -74,7 +74,9 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
 
     # 1. Loaded already partitioned (no rank ever held the whole model), bidirectional mode.
     config = zero3_config()
-    loaded = load_teacher("tiny_moe", os.path.join(workdir, "teacher"), zero3_config=config)
+    loaded = load_adapter(
+        "tiny_moe", os.path.join(workdir, "teacher"), init_context=lambda: zero3_init(config)
+    )
     report["partitioned_at_load"] = is_partitioned(loaded)
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
@@ -82,7 +84,7 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
 
     report["zero3_released"] = not is_deepspeed_zero3_enabled()
     report["student_whole"] = not is_partitioned(build_student(VOCAB, 16, 1, 2, mask_token_id=MASK))
-    sharded = shard_teacher(loaded, "deepspeed", config, guard_timeout_s=20)
+    sharded = setup_teacher(loaded, sharding="deepspeed", guard_timeout_s=20)
     x, valid, selected = _inputs(rank)
     got = sharded.logits(x, selected, attention_mask=valid)
     want = reference.logits(x, selected, attention_mask=valid)
@@ -97,10 +99,8 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
     sharded.end_step()
 
     # The one-call set-up picks ZeRO-3 by itself with two processes.
-    from tide_lightning.models import setup_teacher
-
-    holder = setup_teacher("tiny_moe", os.path.join(workdir, "teacher"), guard_timeout_s=20)
-    report["setup_backend"] = holder.teacher.backend
+    holder = setup_teacher(os.path.join(workdir, "teacher"), "tiny_moe", guard_timeout_s=20)
+    report["setup_backend"] = holder.backend
     got = holder.logits(x, selected, attention_mask=valid)
     want = reference.logits(x, selected, attention_mask=valid)
     report["setup_max_err"] = (got - want).abs().max().item()
@@ -112,7 +112,7 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
     clean = torch.randint(0, 60, (2, 10), generator=torch.Generator().manual_seed(rank))
     want = ref_wedlm.logits(x, x == MASK, clean_ids=clean)
     wedlm = build_teacher("wedlm", dense, block_size=5, mask_token_id=MASK)
-    sharded_wedlm = shard_teacher(wedlm, "deepspeed", config, guard_timeout_s=20)
+    sharded_wedlm = setup_teacher(wedlm, sharding="deepspeed", guard_timeout_s=20)
     got = sharded_wedlm.logits(x, x == MASK, clean_ids=clean)
     report["clean_first_max_err"] = (got - want).abs().max().item()
 
@@ -168,10 +168,10 @@ def test_zero3_teacher_over_two_gloo_processes(tmp_path):
     assert reports[0]["timeout_seconds"] < 15
 
 
-def test_backend_none_is_the_plain_teacher():
+def test_sharding_none_is_the_plain_teacher():
     teacher = build_tiny_moe_teacher(VOCAB, MASK, seed=0)
-    wrapped = shard_teacher(teacher, backend="none")
-    assert isinstance(wrapped, ShardedTeacher) and wrapped.backend == "none"
+    wrapped = setup_teacher(teacher, sharding="none")
+    assert isinstance(wrapped, FrozenTeacher) and wrapped.backend == "none"
     x, valid, selected = _inputs(0)
     torch.testing.assert_close(
         wrapped.logits(x, selected, attention_mask=valid),
@@ -179,7 +179,7 @@ def test_backend_none_is_the_plain_teacher():
     )
     wrapped.end_step()  # no-op without a process group
     with pytest.raises(ValueError, match="'fsdp3'"):
-        shard_teacher(teacher, backend="fsdp3")
+        setup_teacher(teacher, sharding="fsdp3")
 
 
 class _DistillWithShardedTeacher(L.LightningModule):
@@ -192,7 +192,7 @@ class _DistillWithShardedTeacher(L.LightningModule):
         self.teacher = None
 
     def setup(self, stage):
-        self.teacher = setup_teacher("tiny_moe", self.teacher_dir, guard_timeout_s=30)
+        self.teacher = setup_teacher(self.teacher_dir, "tiny_moe", guard_timeout_s=30)
 
     def training_step(self, batch, _):
         x0 = batch[0]
@@ -201,7 +201,7 @@ class _DistillWithShardedTeacher(L.LightningModule):
         s = self.student.forward_train(xt, x0, sel, 4)
         t = self.teacher.logits(xt, sel)
         self.teacher.end_step()
-        assert self.teacher.teacher.backend == "deepspeed" and self.teacher.is_frozen()
+        assert self.teacher.backend == "deepspeed" and self.teacher.is_frozen()
         return F.kl_div(
             F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean"
         )

@@ -13,13 +13,15 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+import tide_lightning
+from tide_lightning.errors import UserError
 from tide_lightning.models import (
     TEACHER_KINDS,
-    TeacherHolder,
+    FrozenTeacher,
     build_student,
     build_teacher,
     build_tiny_moe_teacher,
-    load_teacher,
+    load_adapter,
     setup_teacher,
 )
 
@@ -155,27 +157,35 @@ def tiny_tokenizer(words: int) -> PreTrainedTokenizerFast:
 def test_load_round_trip_and_failures(tmp_path):
     teacher = build_tiny_moe_teacher(VOCAB, MASK, seed=0)
     teacher.save_pretrained(tmp_path / "t", tokenizer=tiny_tokenizer(60))
-    loaded = load_teacher("tiny_moe", tmp_path / "t")
+    loaded = load_adapter("tiny_moe", tmp_path / "t")
     assert loaded.mask_token_id == MASK and not loaded.training
     assert not any(p.requires_grad for p in loaded.parameters())
     x = rand_ids(2, 8)
     sel = torch.ones_like(x, dtype=torch.bool)
     torch.testing.assert_close(loaded.logits(x, sel), teacher.logits(x, sel))
 
-    with pytest.raises(FileNotFoundError, match="missing"):
-        load_teacher("tiny_moe", tmp_path / "missing")
-    with pytest.raises(ValueError, match="mask id 999"):
-        load_teacher("tiny_moe", tmp_path / "t", mask_token_id=999)
-    with pytest.raises(ValueError, match="mask id 156895 is outside its vocabulary of 64"):
-        load_teacher("llada2", tmp_path / "t")
+    with pytest.raises(UserError, match="missing"):
+        load_adapter("tiny_moe", tmp_path / "missing")
+    with pytest.raises(UserError, match="mask id 999"):
+        load_adapter("tiny_moe", tmp_path / "t", mask_token_id=999)
+    with pytest.raises(UserError, match="mask id 156895 is outside its vocabulary of 64"):
+        load_adapter("llada2", tmp_path / "t")
+    with pytest.raises(UserError, match="never runs remote code"):
+        load_adapter("wedlm", tmp_path / "t", trust_remote_code=True)
     teacher.save_pretrained(tmp_path / "big_tok", tokenizer=tiny_tokenizer(80))
-    with pytest.raises(ValueError, match="tokenizer length 81"):
-        load_teacher("tiny_moe", tmp_path / "big_tok")
+    with pytest.raises(UserError, match="tokenizer length 81"):
+        load_adapter("tiny_moe", tmp_path / "big_tok")
     config = json.loads((tmp_path / "t" / "config.json").read_text())
     assert config["mask_token_id"] == MASK
-    holder = setup_teacher("tiny_moe", tmp_path / "t")  # one process: backend "none"
-    assert holder.teacher.backend == "none" and holder.is_frozen()
-    torch.testing.assert_close(holder.logits(x, sel), teacher.logits(x, sel))
+    frozen = setup_teacher(tmp_path / "t", "tiny_moe")  # one process: sharding "none"
+    assert frozen.backend == "none" and frozen.is_frozen()
+    torch.testing.assert_close(frozen.logits(x, sel), teacher.logits(x, sel))
+    public = tide_lightning.load_teacher(tmp_path / "t", "tiny_moe")
+    torch.testing.assert_close(public.logits(x, sel), teacher.logits(x, sel))
+    with pytest.raises(UserError, match="'fsdp3'"):
+        tide_lightning.load_teacher(tmp_path / "t", "tiny_moe", sharding="fsdp3")
+    with pytest.raises(UserError, match="'float8'"):
+        tide_lightning.load_teacher(tmp_path / "t", "tiny_moe", dtype="float8")
 
 
 class _Distill(L.LightningModule):
@@ -184,7 +194,7 @@ class _Distill(L.LightningModule):
     def __init__(self, student, teacher):
         super().__init__()
         self.student = student
-        self.teacher = TeacherHolder(teacher)
+        self.teacher = FrozenTeacher(teacher)
         self.teacher_modes = []
 
     def setup(self, stage):

@@ -18,7 +18,11 @@ turns that hang into an error: before each forward (and at each step end) the ra
 exchange their call counters over a separate gloo group with a short timeout, so a
 mismatch raises on every rank, and a rank that never arrives makes the others raise
 after ``timeout_s``. Callers must therefore run the teacher even on a rank where
-nothing is masked (:meth:`TeacherAdapter.logits` handles an empty selection).
+nothing is masked (:meth:`~tide_lightning.models.teachers.TeacherAdapter.logits`
+handles an empty selection).
+
+This module knows nothing of teachers: :mod:`tide_lightning.models.frozen` puts a
+teacher behind :func:`zero3_engine` and the guard.
 """
 
 from __future__ import annotations
@@ -29,11 +33,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
-
-from tide_lightning.models.teachers import TeacherAdapter
-
-BACKENDS = ("none", "deepspeed")
+from torch import nn
 
 
 class TeacherLockstepError(RuntimeError):
@@ -176,105 +176,24 @@ class LockstepGuard:
         self.calls = 0
 
 
-class ShardedTeacher:
-    """A teacher with the adapter's ``logits`` call, run whole or through ZeRO-3.
+def zero3_engine(module: nn.Module, config: dict):
+    """A ZeRO-3 inference engine (no optimizer) around ``module``; collective.
 
-    Not an ``nn.Module`` on purpose: nothing of it may enter the student's module tree.
-
-    Args:
-        adapter: the frozen teacher.
-        engine: DeepSpeed engine wrapping ``adapter``, or None (backend ``none``).
-        guard: lock-step guard (with ``engine``), or None.
-    """
-
-    def __init__(self, adapter: TeacherAdapter, engine=None, guard: LockstepGuard | None = None):
-        self.adapter = adapter
-        self.engine = engine
-        self.guard = guard
-        self.backend = "none" if engine is None else "deepspeed"
-
-    @property
-    def kind(self):
-        return self.adapter.kind
-
-    @property
-    def mask_token_id(self) -> int:
-        return self.adapter.mask_token_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self.adapter.vocab_size
-
-    def logits(
-        self,
-        input_ids: Tensor,
-        logits_at: Tensor,
-        *,
-        attention_mask: Tensor | None = None,
-        clean_ids: Tensor | None = None,
-    ) -> Tensor:
-        """Same contract as :meth:`TeacherAdapter.logits`: Float[N, V] under no_grad, eval."""
-        if self.engine is None:
-            return self.adapter.logits(
-                input_ids, logits_at, attention_mask=attention_mask, clean_ids=clean_ids
-            )
-        if self.guard is not None:
-            self.guard.before_call()
-        self.adapter.eval()
-        with torch.no_grad():
-            return self.engine(input_ids, logits_at, attention_mask, clean_ids)
-
-    def end_step(self) -> None:
-        """Call once per training step on every rank (checks the call counts)."""
-        if self.guard is not None:
-            self.guard.end_step()
-
-    def to(self, device) -> ShardedTeacher:
-        """Move an unsharded teacher (a ZeRO-3 engine already sits on its device)."""
-        if self.engine is None:
-            self.adapter.to(device)
-        return self
-
-    def local_parameter_bytes(self) -> int:
-        return local_parameter_bytes(self.adapter)
-
-
-def shard_teacher(
-    teacher: TeacherAdapter,
-    backend: str = "deepspeed",
-    config: dict | None = None,
-    guard_timeout_s: float | None = 60.0,
-) -> ShardedTeacher:
-    """Wrap a teacher so that ``.logits(...)`` runs whole (``none``) or ZeRO-3 sharded.
+    A module loaded under :func:`zero3_init` is partitioned already; an in-memory one
+    is partitioned here (it was whole on this rank until now).
 
     Args:
-        teacher: a frozen :class:`TeacherAdapter`, ideally loaded with
-            ``load_teacher(..., zero3_config=config)`` so it is partitioned already;
-            an in-memory one is partitioned here (it was whole on this rank until now).
-        backend: ``"deepspeed"`` or ``"none"``.
-        config: DeepSpeed config (default :func:`zero3_config` in the teacher's dtype).
-        guard_timeout_s: seconds for the lock-step guard, None to disable it.
+        module: the frozen teacher (its ``forward`` is the whole computation).
+        config: DeepSpeed config (:func:`zero3_config`).
 
     Returns:
-        :class:`ShardedTeacher`.
+        The DeepSpeed engine, in eval mode; call it like ``module``.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"teacher sharding backend {backend!r} is not one of {BACKENDS}")
-    if backend == "none":
-        return ShardedTeacher(teacher)
     import deepspeed
 
     ensure_distributed()
-    if config is None:
-        config = zero3_config(next(teacher.parameters()).dtype)
-    if not is_partitioned(teacher):
-        deepspeed.zero.Init(module=teacher, config_dict_or_path=config)
-    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    if not is_partitioned(module):
+        deepspeed.zero.Init(module=module, config_dict_or_path=config)
+    engine, *_ = deepspeed.initialize(model=module, config=config)
     engine.eval()
-    guard = None if guard_timeout_s is None else LockstepGuard(guard_timeout_s)
-    return ShardedTeacher(teacher, engine, guard)
-
-
-def default_backend() -> str:
-    """``deepspeed`` with more than one process, ``none`` otherwise."""
-    return "deepspeed" if dist.is_initialized() and dist.get_world_size() > 1 else "none"
+    return engine

@@ -1,7 +1,8 @@
-"""Frozen teachers behind one adapter: logits at the positions a loss needs.
+"""Teachers: one adapter that returns logits at the positions a loss needs, and loading.
 
 A teacher is any Hugging Face model with a decoder (``get_decoder()``) and an LM
-head (``get_output_embeddings()``), run in one of two attention modes (SPEC section 4):
+head (``get_output_embeddings()``), run in one of two attention modes
+(docs/method.md, "Teacher passes"):
 
 - ``bidirectional``: full attention over the teacher's own tokens, padding keys
   removed (LLaDA2, generic masked-diffusion models, the tiny MoE test teacher).
@@ -10,27 +11,43 @@ head (``get_output_embeddings()``), run in one of two attention modes (SPEC sect
   duplicated position ids (WeDLM). Logits come from the noisy (second) half.
 
 Each kind is one registry entry (:data:`TEACHER_KINDS`) holding its ids, mode and the
-mask form its code accepts: ``"additive"`` (0 / large negative float, what remote
-code built on eager or SDPA attention expects, e.g. LLaDA2's ``generate``) or
-``"bool"`` (``True`` = attend; only with transformers' SDPA). The decoder runs on the
-whole sequence but the LM head only on the selected rows, so a 157k-row head is never
+mask form its code reads: ``"additive"`` (0 / dtype-min float, correct under eager and
+SDPA) or ``"bool"`` (``True`` = attend; SDPA only). The decoder runs on the whole
+sequence but the LM head only on the selected rows, so a 157k-row head is never
 applied to positions no loss reads.
 
+No teacher ever runs remote code: ``llada2`` is this package's own implementation
+(:mod:`tide_lightning.models.llada2`, registered with the Auto classes on import),
+``wedlm`` is transformers' ``Qwen3ForCausalLM`` built from WeDLM's ``config.json``
+(the architecture is Qwen3's; its checkpoint keys are Qwen3's). Every loading path
+passes ``trust_remote_code`` explicitly, so transformers never prompts on stdin.
+
+After every load the non-persistent buffers (rotary ``inv_freq`` tables, which no
+checkpoint stores) are compared with a fresh ``from_config`` copy built with
+parameters on the meta device: transformers 5 fills such buffers with ``empty`` on
+load and recomputes only the ones it recognises, so a miss gives finite but wrong
+logits. A mismatch refuses the teacher, naming the buffer.
+
 The adapter's ``forward`` is the whole computation, so a DeepSpeed engine can wrap
-the adapter (:mod:`tide_lightning.models.sharding`) and every rank runs the same
+the adapter (:mod:`tide_lightning.models.frozen`) and every rank runs the same
 module sequence.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from tide_lightning.errors import UserError
 from tide_lightning.models import masks
 
 
@@ -41,12 +58,13 @@ class TeacherKind:
     Attributes:
         name: registry key.
         mode: ``"bidirectional"`` or ``"clean_first"``.
-        mask_token_id: the teacher's own mask id (None: must be given at load).
+        mask_token_id: the teacher's own mask id (None: from ``config.json`` or given).
         pad_token_id: padding id in the teacher's tokenization.
         eos_token_id: end-of-sequence id.
         shared_vocab_size: leading ids shared with the student (shared pipeline), or None.
         mask_format: ``"additive"`` or ``"bool"`` (see module docstring).
-        trust_remote_code: whether its checkpoint needs remote code.
+        sdpa_only: refuse any attention back-end but SDPA (LLaDA2's eager path reads a
+            4-D mask as 0/1, so no mask form is right there).
     """
 
     name: str
@@ -56,16 +74,16 @@ class TeacherKind:
     eos_token_id: int | None
     shared_vocab_size: int | None
     mask_format: str
-    trust_remote_code: bool
+    sdpa_only: bool = False
 
 
 TEACHER_KINDS: dict[str, TeacherKind] = {
     "llada2": TeacherKind(
-        "llada2", "bidirectional", 156895, 156892, 156892, None, "additive", True
+        "llada2", "bidirectional", 156895, 156892, 156892, None, "additive", sdpa_only=True
     ),
-    "wedlm": TeacherKind("wedlm", "clean_first", 151665, 151643, 151645, 151646, "additive", True),
-    "generic": TeacherKind("generic", "bidirectional", None, None, None, None, "additive", False),
-    "tiny_moe": TeacherKind("tiny_moe", "bidirectional", None, None, None, None, "bool", False),
+    "wedlm": TeacherKind("wedlm", "clean_first", 151665, 151643, 151645, 151646, "additive"),
+    "generic": TeacherKind("generic", "bidirectional", None, None, None, None, "additive"),
+    "tiny_moe": TeacherKind("tiny_moe", "bidirectional", None, None, None, None, "bool"),
 }
 MODES = ("bidirectional", "clean_first")
 MASK_FORMATS = ("additive", "bool")
@@ -75,18 +93,52 @@ def teacher_kind(name: str, **overrides) -> TeacherKind:
     """Registry entry ``name`` with some fields replaced (e.g. ``mask_token_id=...``).
 
     Raises:
-        ValueError: unknown kind, mode or mask format (the value is named).
+        UserError: unknown kind, mode or mask format (the value is named).
     """
     if name not in TEACHER_KINDS:
-        raise ValueError(f"unknown teacher kind {name!r}; known: {sorted(TEACHER_KINDS)}")
+        raise UserError(f"unknown teacher kind {name!r}; known: {sorted(TEACHER_KINDS)}")
     kind = dataclasses.replace(
         TEACHER_KINDS[name], **{k: v for k, v in overrides.items() if v is not None}
     )
     if kind.mode not in MODES:
-        raise ValueError(f"teacher mode {kind.mode!r} is not one of {MODES}")
+        raise UserError(f"teacher mode {kind.mode!r} is not one of {MODES}")
     if kind.mask_format not in MASK_FORMATS:
-        raise ValueError(f"teacher mask_format {kind.mask_format!r} is not one of {MASK_FORMATS}")
+        raise UserError(f"teacher mask_format {kind.mask_format!r} is not one of {MASK_FORMATS}")
     return kind
+
+
+def _read_config(path: Path) -> dict:
+    config_file = path / "config.json"
+    if not path.is_dir():
+        raise UserError(f"teacher directory {str(path)!r} does not exist")
+    if not config_file.is_file():
+        raise UserError(f"teacher directory {str(path)!r} has no config.json")
+    config = json.loads(config_file.read_text())
+    if config.get("vocab_size") is None:
+        raise UserError(f"teacher config {str(config_file)!r} has no vocab_size")
+    return config
+
+
+def resolve_mask_id(
+    kind: str, path: str | Path | None = None, override: int | None = None, tokenizer=None
+) -> int:
+    """The teacher's mask id, decided here and nowhere else.
+
+    In this order: ``override`` (``teacher.mask_token_id``), the kind's registry entry,
+    ``mask_token_id`` in the checkpoint's ``config.json``, the tokenizer's mask token.
+
+    Raises:
+        UserError: none of them gives one.
+    """
+    candidates = [override, teacher_kind(kind).mask_token_id]
+    if path is not None and (Path(path) / "config.json").is_file():
+        candidates.append(json.loads((Path(path) / "config.json").read_text()).get("mask_token_id"))
+    if tokenizer is not None:
+        candidates.append(tokenizer.mask_token_id)
+    for candidate in candidates:
+        if candidate is not None:
+            return int(candidate)
+    raise UserError(f"no mask id for teacher {kind!r} at {path!r}: set teacher.mask_token_id")
 
 
 def _rows(weight: Tensor) -> int:
@@ -98,16 +150,21 @@ def _check_attention_backend(model: nn.Module, kind: TeacherKind) -> None:
     """Refuse back-ends that would silently misread a 4-D mask.
 
     FlashAttention kernels ignore an arbitrary 4-D mask; a boolean mask is only read
-    correctly by SDPA (eager would add it as 0/1).
+    correctly by SDPA (eager would add it as 0/1); ``sdpa_only`` kinds take nothing else.
     """
     impl = getattr(model.config, "_attn_implementation", None) or "default"
     if impl.startswith("flash_attention"):
-        raise ValueError(
+        raise UserError(
             f"teacher {kind.name!r} runs {impl!r}, which ignores the 4-D attention mask; "
-            "load it with attn_implementation='sdpa' or 'eager'"
+            "load it with attn_implementation='sdpa'"
+        )
+    if kind.sdpa_only and impl != "sdpa":
+        raise UserError(
+            f"teacher {kind.name!r} runs {impl!r}; its attention reads the 4-D mask correctly "
+            "only under 'sdpa'"
         )
     if kind.mask_format == "bool" and impl != "sdpa":
-        raise ValueError(
+        raise UserError(
             f"teacher {kind.name!r} passes a boolean mask but runs {impl!r}; only 'sdpa' reads "
             "it correctly (use mask_format='additive')"
         )
@@ -129,8 +186,9 @@ class TeacherAdapter(nn.Module):
         super().__init__()
         rows = _rows(model.get_input_embeddings().weight)
         if kind.mask_token_id is None or not 0 <= kind.mask_token_id < rows:
-            raise ValueError(
-                f"teacher {kind.name!r} mask id {kind.mask_token_id} is outside its {rows} embedding rows"
+            raise UserError(
+                f"teacher {kind.name!r} mask id {kind.mask_token_id} is outside its {rows} "
+                "embedding rows"
             )
         _check_attention_backend(model, kind)
         self.model = model
@@ -157,7 +215,10 @@ class TeacherAdapter(nn.Module):
         frozen = not any(p.requires_grad for p in self.parameters())
         return super().train(mode and not frozen)
 
-    def _mask(self, allowed: Tensor):
+    def _mask(self, allowed: Tensor) -> Tensor:
+        # A 4-D mask is taken as given by transformers 5 (no causal rule added): the
+        # same cells as the published WeDLM trainer's prepared {"full_attention": m}
+        # dict, which the conformance fixtures check against the remote code.
         if self.kind.mask_format == "bool":
             return allowed
         return masks.to_additive(allowed, self.model.get_input_embeddings().weight.dtype)
@@ -196,12 +257,15 @@ class TeacherAdapter(nn.Module):
             clean_ids: Long[B, Lt] the clean ``x0`` (clean-first mode only).
 
         Returns:
-            Float[N, V] in the model dtype, rows in ``input_ids[logits_at]`` order.
+            Float[N, V] in the model dtype, rows in row-major order of ``logits_at``.
         """
         ids, pos, mask, select = self._layout(
             input_ids, logits_at.bool(), attention_mask, clean_ids
         )
-        out = self.model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos)
+        # A teacher pass is never continued: a KV cache would be built and thrown away.
+        out = self.model.get_decoder()(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
+        )
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         return self.model.get_output_embeddings()(hidden[select])
 
@@ -241,7 +305,7 @@ class TeacherAdapter(nn.Module):
         return self(xt, logits_at, attention_mask=attention_mask, clean_ids=clean)
 
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
-        """Write an HF directory :func:`load_teacher` reads (``tiny_moe``/``generic`` kinds)."""
+        """Write an HF directory :func:`load_adapter` reads (``tiny_moe``/``generic`` kinds)."""
         self.model.config.mask_token_id = self.kind.mask_token_id
         self.model.save_pretrained(str(directory))
         if tokenizer is not None:
@@ -287,6 +351,7 @@ def build_tiny_moe_teacher(
         tie_word_embeddings=False,
         pad_token_id=pad_token_id,
         mask_token_id=mask_token_id,
+        use_cache=False,
     )
     if seed is not None:
         torch.manual_seed(seed)
@@ -315,94 +380,215 @@ def build_teacher(
     return TeacherAdapter(model, teacher_kind(kind, **kwargs), block_size=block_size)
 
 
-def _check_teacher_dir(path: Path, kind: TeacherKind) -> tuple[TeacherKind, int]:
-    """Validate a teacher directory before any weight is read.
+# -- loading -----------------------------------------------------------------------------
 
-    Returns:
-        The kind with its mask id resolved (from ``config.json`` when the registry has
-        none) and the model's vocabulary rows.
+
+def load_tokenizer_dir(path: str | Path):
+    """A tokenizer saved in a local directory, without running or offering remote code.
+
+    transformers asks on stdin ("run custom code? [y/N]") whenever a directory names
+    custom classes (``auto_map``) and ``trust_remote_code`` is left unset; hub teacher
+    directories do. Here it is always ``False``; a directory whose tokenizer class
+    exists only as remote code is read as the plain fast tokenizer of its
+    ``tokenizer.json`` (with its ``tokenizer_config.json`` special tokens).
+
+    Raises:
+        UserError: missing directory, or no tokenizer that loads without remote code.
     """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"teacher {kind.name!r} directory {str(path)!r} does not exist")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"teacher directory {str(path)!r} has no config.json")
-    config = json.loads(config_file.read_text())
-    rows = config.get("vocab_size")
-    if rows is None:
-        raise ValueError(f"teacher config {str(config_file)!r} has no vocab_size")
-    if kind.mask_token_id is None:
-        kind = dataclasses.replace(kind, mask_token_id=config.get("mask_token_id"))
-    if kind.mask_token_id is None or not 0 <= kind.mask_token_id < rows:
-        raise ValueError(
-            f"teacher {kind.name!r} mask id {kind.mask_token_id} is outside its vocabulary of {rows}"
+        raise UserError(f"tokenizer directory {str(path)!r} does not exist")
+    try:
+        return AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=False
         )
-    return kind, rows
+    except ValueError as err:
+        if not (path / "tokenizer.json").is_file():
+            raise UserError(
+                f"tokenizer in {str(path)!r} needs remote code and has no tokenizer.json: {err}"
+            ) from err
+        return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
 
 
-def _check_tokenizer(path: Path, kind: TeacherKind, rows: int, trust_remote_code: bool) -> None:
+def _check_tokenizer(path: Path, kind: TeacherKind, rows: int) -> None:
     """If the directory has a tokenizer, it must fit the model and agree on the mask id."""
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         return
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(
-        str(path), local_files_only=True, trust_remote_code=trust_remote_code
-    )
+    tok = load_tokenizer_dir(path)
     if len(tok) > rows:
-        raise ValueError(
+        raise UserError(
             f"teacher tokenizer length {len(tok)} > model vocabulary {rows} in {str(path)!r}"
         )
     tok_mask = tok.mask_token_id
     if tok_mask is not None and tok_mask != kind.mask_token_id:
-        raise ValueError(
+        raise UserError(
             f"teacher {kind.name!r} mask id {kind.mask_token_id} != tokenizer mask id {tok_mask}"
         )
 
 
-def load_teacher(
+# WeDLM config.json keys that Qwen3Config reads under the same name.
+_QWEN3_KEYS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+    "max_position_embeddings", "initializer_range", "rms_norm_eps", "tie_word_embeddings",
+    "rope_theta", "rope_scaling", "attention_dropout", "pad_token_id", "bos_token_id",
+    "eos_token_id", "mask_token_id",
+)  # fmt: skip
+
+
+def wedlm_qwen3_config(raw: dict, where: str = "config.json"):
+    """transformers' ``Qwen3Config`` for a WeDLM ``config.json`` (``model_type: wedlm``).
+
+    WeDLM's remote model is Qwen3 when ``qk_norm`` is on and ``attention_bias`` off
+    (WeDLM-8B): same modules, same parameter names, same rotary table. The other
+    WeDLM variants are refused rather than approximated: with ``attention_bias``
+    Qwen3 would also expect an ``o_proj`` bias WeDLM does not have, without ``qk_norm``
+    it is a Qwen2.5 layout, and a sliding window is not expressed by the clean-first
+    mask (the remote code also ignores it under a prepared mask).
+
+    Args:
+        raw: the parsed ``config.json``.
+        where: its path, for error messages.
+
+    Raises:
+        UserError: a WeDLM variant this mapping does not cover (the key is named).
+    """
+    from transformers import Qwen3Config
+
+    refused = {
+        "qk_norm": (raw.get("qk_norm", False) is not True, "true (Qwen3-based WeDLM)"),
+        "attention_bias": (raw.get("attention_bias", True) is not False, "false"),
+        "use_sliding_window": (raw.get("use_sliding_window", False) is not False, "false"),
+    }
+    for key, (bad, wanted) in refused.items():
+        if bad:
+            raise UserError(
+                f"{where}: WeDLM loads as transformers' Qwen3 only with {key}={wanted}, got "
+                f"{raw.get(key)!r}"
+            )
+    kwargs = {k: raw[k] for k in _QWEN3_KEYS if k in raw}
+    return Qwen3Config(**kwargs, attention_bias=False, use_sliding_window=False, use_cache=False)
+
+
+def _llada2_model_class():
+    try:
+        importlib.import_module("tide_lightning.models.llada2")  # registers llada2_moe
+    except ImportError as err:
+        raise UserError(f"the llada2 teacher needs tide_lightning.models.llada2: {err}") from err
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
+def _from_pretrained(
+    kind: TeacherKind, path: Path, raw: dict, dtype: torch.dtype, trust_remote_code: bool
+) -> nn.Module:
+    """The kind's own model class, loaded with strict key matching."""
+    from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "local_files_only": True,
+        "trust_remote_code": trust_remote_code,
+        "output_loading_info": True,
+    }
+    if kind.sdpa_only or kind.mask_format == "bool" or kind.name == "wedlm":
+        kwargs["attn_implementation"] = "sdpa"
+    if kind.name == "wedlm":
+        cls = Qwen3ForCausalLM
+        kwargs["config"] = wedlm_qwen3_config(raw, str(path / "config.json"))
+    elif kind.name == "llada2":
+        cls = _llada2_model_class()
+    else:
+        cls = AutoModelForCausalLM
+    model, info = cls.from_pretrained(str(path), **kwargs)
+    problems = {k: sorted(info.get(k) or ()) for k in ("missing_keys", "unexpected_keys")}
+    problems |= {"mismatched_keys": [str(m) for m in info.get("mismatched_keys") or ()]}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        described = "; ".join(f"{k}: {', '.join(v[:5])}" for k, v in problems.items())
+        raise UserError(
+            f"teacher {kind.name!r} checkpoint {str(path)!r} does not match: {described}"
+        )
+    return model
+
+
+def check_non_persistent_buffers(model: nn.Module, where: str = "teacher") -> None:
+    """Compare every non-persistent buffer with a fresh ``from_config`` copy.
+
+    The copy is built with its parameters on the meta device (no memory for the
+    weights) and its buffers computed as ``__init__`` computes them.
+
+    Raises:
+        UserError: a buffer differs, naming it and its largest deviation.
+    """
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        fresh = type(model)._from_config(model.config)
+    expected = dict(fresh.named_buffers())
+    persistent = set(model.state_dict())
+    for name, loaded in model.named_buffers():
+        if name in persistent:
+            continue
+        want = expected.get(name)
+        if want is None or want.shape != loaded.shape:
+            raise UserError(f"{where} buffer {name!r} has no counterpart in a fresh copy")
+        want = want.to(device=loaded.device, dtype=loaded.dtype)
+        if not torch.allclose(loaded.float(), want.float(), rtol=1e-5, atol=0.0):
+            worst = (loaded.float() - want.float()).abs().max().item()
+            raise UserError(
+                f"{where} buffer {name!r} differs from a fresh from_config copy (max deviation "
+                f"{worst:.3g}); its values were not computed at load, refusing to start"
+            )
+
+
+def load_adapter(
     kind: str,
     path: str | Path,
+    *,
     block_size: int = 32,
-    dtype: torch.dtype | None = None,
-    trust_remote_code: bool | None = None,
-    zero3_config: dict | None = None,
-    **overrides,
+    dtype: torch.dtype = torch.float32,
+    mask_token_id: int | None = None,
+    trust_remote_code: bool = False,
+    init_context: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> TeacherAdapter:
-    """Load a frozen teacher from a local directory; nothing downloads.
+    """Load a frozen teacher adapter from a local directory; nothing downloads.
 
     Args:
         kind: a :data:`TEACHER_KINDS` key.
         path: local HF directory.
         block_size: ``Bk`` for the clean-first layout.
-        dtype: parameter dtype; default bf16 on CUDA, float32 on CPU.
-        trust_remote_code: default from the registry.
-        zero3_config: a DeepSpeed ZeRO-3 config; when given, weights are loaded already
-            partitioned (no rank ever materialises the whole model), see
-            :func:`tide_lightning.models.sharding.zero3_init`.
-        **overrides: registry fields (``mask_token_id``, ...).
+        dtype: parameter dtype.
+        mask_token_id: override (see :func:`resolve_mask_id`).
+        trust_remote_code: ``generic`` only: run the directory's own modeling code.
+        init_context: a context manager factory wrapped around ``from_pretrained``
+            (ZeRO-3 partitioned loading, :func:`tide_lightning.models.sharding.zero3_init`).
 
     Raises:
-        FileNotFoundError, ValueError: missing path, mask id outside the vocabulary,
-            tokenizer/model mismatch (value named), before any weight is read.
+        UserError: missing path, mask id outside the vocabulary, tokenizer/model
+            mismatch, checkpoint keys that do not match the model, a non-persistent
+            buffer that differs from a fresh copy (each named).
     """
-    from transformers import AutoModelForCausalLM
-
-    spec = teacher_kind(kind, **overrides)
+    spec = teacher_kind(kind)
+    if trust_remote_code and spec.name != "generic":
+        raise UserError(
+            f"teacher kind {kind!r} never runs remote code (it is built from this package or "
+            "transformers); leave teacher.trust_remote_code unset"
+        )
     path = Path(path)
-    spec, rows = _check_teacher_dir(path, spec)
-    remote = spec.trust_remote_code if trust_remote_code is None else trust_remote_code
-    _check_tokenizer(path, spec, rows, remote)
-    if dtype is None:
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    load_kwargs = {"dtype": dtype, "trust_remote_code": remote, "local_files_only": True}
-    if spec.mask_format == "bool":
-        load_kwargs["attn_implementation"] = "sdpa"
-    if zero3_config is not None:
-        from tide_lightning.models.sharding import zero3_init
-
-        with zero3_init(zero3_config):
-            model = AutoModelForCausalLM.from_pretrained(str(path), **load_kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **load_kwargs)
+    raw = _read_config(path)
+    rows = raw["vocab_size"]
+    spec = dataclasses.replace(spec, mask_token_id=resolve_mask_id(kind, path, mask_token_id))
+    if not 0 <= spec.mask_token_id < rows:
+        raise UserError(
+            f"teacher {kind!r} mask id {spec.mask_token_id} is outside its vocabulary of {rows}"
+        )
+    _check_tokenizer(path, spec, rows)
+    with init_context() if init_context is not None else contextlib.nullcontext():
+        model = _from_pretrained(spec, path, raw, dtype, trust_remote_code)
+    check_non_persistent_buffers(model, f"teacher {kind!r}")
+    model.config.use_cache = False
     return TeacherAdapter(model, spec, block_size=block_size)

@@ -9,7 +9,6 @@ it needs the process group that Lightning only creates when ``fit`` starts.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -31,8 +30,8 @@ from tide_lightning.data.tokenization import (
 )
 from tide_lightning.method.objective import ObjectiveConfig
 from tide_lightning.models import build_student, load_student
-from tide_lightning.models.frozen import TeacherHolder, hold_teacher, setup_teacher
-from tide_lightning.models.teachers import build_tiny_moe_teacher
+from tide_lightning.models.frozen import FrozenTeacher, setup_teacher
+from tide_lightning.models.teachers import build_tiny_moe_teacher, resolve_mask_id
 from tide_lightning.training.callbacks import DataSkipLogger
 from tide_lightning.training.module import DistillationModule
 from tide_lightning.training.preemption import PreemptionCheckpoint
@@ -105,14 +104,14 @@ class TeacherFactory:
     num_layers: int
     seed: int
 
-    def __call__(self) -> TeacherHolder:
+    def __call__(self) -> FrozenTeacher:
         if self.path is not None:
             return setup_teacher(
-                self.kind,
                 self.path,
-                backend=self.sharding,
+                self.kind,
+                sharding=self.sharding,
                 block_size=self.block_size,
-                trust_remote_code=self.trust_remote_code,
+                trust_remote_code=bool(self.trust_remote_code),
                 mask_token_id=self.mask_token_id,
             )
         if self.kind != "tiny_moe":
@@ -125,7 +124,7 @@ class TeacherFactory:
             num_layers=self.num_layers,
             seed=self.seed,
         )
-        return hold_teacher(adapter, self.sharding)
+        return setup_teacher(adapter, sharding=self.sharding)
 
 
 @dataclass
@@ -229,7 +228,7 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
     if variant_needs_teacher:
         t = config.teacher
         vocab_tok = teacher_tok if teacher_tok is not None else student_tok
-        teacher_mask = resolve_teacher_mask(t.kind, t.path, t.mask_token_id, vocab_tok)
+        teacher_mask = resolve_mask_id(t.kind, t.path, t.mask_token_id, vocab_tok)
         factory = TeacherFactory(
             t.kind, t.path, t.sharding, config.objective.block_size, _rows(vocab_tok),
             teacher_mask, vocab_tok.pad_token_id, t.trust_remote_code, t.hidden_size,
@@ -270,27 +269,10 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
 
 
 def load_tokenizer_dir(path: str | Path):
-    """A tokenizer saved in a local directory (nothing downloads)."""
-    from transformers import AutoTokenizer
+    """A tokenizer saved in a local directory (nothing downloads, never a remote-code prompt)."""
+    from tide_lightning.models.teachers import load_tokenizer_dir as load
 
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"tokenizer directory {str(path)!r} does not exist")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-
-
-def resolve_teacher_mask(kind: str, path: str | None, override: int | None, tokenizer) -> int:
-    """The teacher's mask id: the override, the kind's registry entry, the checkpoint's
-    ``config.json`` (``mask_token_id``), or its tokenizer's mask token, in that order."""
-    from tide_lightning.models.teachers import teacher_kind
-
-    candidates = [override, teacher_kind(kind).mask_token_id]
-    if path is not None and (Path(path) / "config.json").is_file():
-        candidates.append(json.loads((Path(path) / "config.json").read_text()).get("mask_token_id"))
-    candidates.append(tokenizer.mask_token_id)
-    for candidate in candidates:
-        if candidate is not None:
-            return int(candidate)
-    raise ValueError(f"no mask id for teacher {kind!r} at {path!r}: set teacher.mask_token_id")
+    return load(path)
 
 
 def build_trainer(config: RunConfig, callbacks: list | None = None) -> L.Trainer:

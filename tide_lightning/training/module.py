@@ -22,7 +22,7 @@ from torchmetrics import MeanMetric
 from tide_lightning.config import OptimConfig
 from tide_lightning.method.objective import ObjectiveConfig, StepOutput, distill_step
 from tide_lightning.method.schedules import lambda_train
-from tide_lightning.models.frozen import TeacherHolder
+from tide_lightning.models.frozen import FrozenTeacher
 from tide_lightning.training import plots
 from tide_lightning.training.metrics import BinnedMean
 
@@ -50,7 +50,7 @@ class DistillationModule(L.LightningModule):
             progress ``global_step / total_steps``).
         seed: base seed of the masking RNG.
         val_seed: base seed of validation's fixed masks.
-        teacher_factory: a callable returning a :class:`TeacherHolder`, called in ``setup``
+        teacher_factory: a callable returning a :class:`FrozenTeacher`, called in ``setup``
             (after the process group exists, so it can be sharded) when ``teacher`` is None.
     """
 
@@ -73,7 +73,7 @@ class DistillationModule(L.LightningModule):
         self._teacher_factory = teacher_factory
         # A plain object, not a submodule: nothing of the teacher enters the optimizer,
         # the checkpoint or DDP's reducer, and trainer.fit's .train() never reaches it.
-        self.teacher = None if teacher is None else TeacherHolder(teacher)
+        self.teacher = None if teacher is None else FrozenTeacher.wrap(teacher)
         self.objective = objective.resolved(pipeline)
         self.optim, self.pipeline, self.total_steps = optim, pipeline, total_steps
         self.seed, self.val_seed = seed, val_seed
