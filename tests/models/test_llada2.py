@@ -212,3 +212,24 @@ def test_full_size_config_builds_on_meta():
     assert config.rotary_width == 64 and config.rotary_base == 600000.0
     saved = json.loads(config.to_json_string())
     assert saved["model_type"] == "llada2_moe"
+
+
+def test_bare_decoder_and_router_buffers_load(hub_dirs):
+    from transformers import AutoModel
+
+    import tide_lightning.models.llada2  # noqa: F401
+
+    state = load_file(hub_dirs["small"] / "model.safetensors")
+    decoder = AutoModel.from_pretrained(str(hub_dirs["small"]), dtype=torch.float32)
+    lm = _load(hub_dirs["small"])
+    for layer in (1, 2):
+        want = state[f"model.layers.{layer}.mlp.gate.expert_bias"]
+        assert want.abs().max() > 0
+        assert torch.equal(decoder.layers[layer].mlp.gate.expert_bias, want)
+        assert torch.equal(lm.model.layers[layer].mlp.gate.expert_bias, want)
+    ids, valid = fx.inputs("small")
+    with torch.no_grad():
+        hidden = decoder(ids, attention_mask=valid).last_hidden_state
+        torch.testing.assert_close(
+            lm.lm_head(hidden), lm(ids, attention_mask=valid).logits, atol=0, rtol=0
+        )

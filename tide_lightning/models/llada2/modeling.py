@@ -25,6 +25,7 @@ FlashAttention back-ends are refused because they would misread them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -333,11 +334,45 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
                 f"the architecture ({'; '.join(problems)})"
             )
         model.reset_rotary()
+        _reload_buffers(model, Path(pretrained_model_name_or_path))
         return (model, info) if want_info else model
+
+
+def _reload_buffers(model: nn.Module, directory: Path) -> None:
+    """Copy every persistent buffer (the routers' ``expert_bias``) from the checkpoint again.
+
+    Buffers are never partitioned by ZeRO-3, so each rank needs the real values; under
+    transformers 4.57 a ZeRO-3 load left them at their initial zeros on all ranks but
+    the first (routing then differs between ranks). Reading them again is cheap (one
+    small tensor per layer) and makes that independent of the loader.
+    """
+    from safetensors import safe_open
+
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        file_of = {key: directory / name for key, name in weight_map.items()}
+    elif (directory / "model.safetensors").is_file():
+        with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
+            file_of = dict.fromkeys(f.keys(), directory / "model.safetensors")
+    else:
+        return  # not a safetensors directory: nothing to re-read
+    saved = set(model.state_dict())
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name not in saved:
+                continue  # non-persistent (rotary): recomputed, not stored
+            # A bare decoder (AutoModel) loads keys stored under the LM's "model." prefix.
+            key = name if name in file_of else f"{model.base_model_prefix}.{name}"
+            with safe_open(str(file_of[key]), framework="pt") as f:
+                buffer.copy_(f.get_tensor(key))
 
 
 class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
     """The decoder: embeddings, layers, final norm; returns the last hidden states."""
+
+    # Loaded on its own from an LM checkpoint, the head is the one key it does not use.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
 
     def __init__(self, config: LLaDA2MoeConfig):
         super().__init__(config)
