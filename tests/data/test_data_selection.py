@@ -124,3 +124,30 @@ def test_optimizer_steps_counts_a_distributed_epoch(records, epochs, batch, worl
 def test_optimizer_steps_refuses_empty_data():
     with pytest.raises(ValueError, match="records=0"):
         optimizer_steps(0, 1, 8, 8)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_concat_stream_resumes_exactly(tmp_path, workers):
+    from test_data_fixtures import chat_corpus, text_corpus
+    from test_data_stream import _merge, _run
+
+    text_corpus(tmp_path / "text.jsonl", 30)
+    chat_corpus(tmp_path / "chat.jsonl", 20)
+    tok = tiny_tokenizer()
+
+    def dm():
+        sources = [
+            SourceSpec("jsonl", str(tmp_path / "text.jsonl")),
+            SourceSpec("jsonl", str(tmp_path / "chat.jsonl")),
+        ]
+        return DistillDataModule(
+            sources, tok, max_length=48, block_size=8, batch_size=3, num_workers=workers,
+            seed=5, mixing="concat",
+        )  # fmt: skip
+
+    full = [_run(dm(), r, 2, 8)[0] for r in (0, 1)]
+    first = [_run(dm(), r, 2, 3) for r in (0, 1)]
+    state = _merge([s for _, s in first])
+    resumed = [_run(dm(), r, 2, 5, state)[0] for r in (0, 1)]
+    for r in (0, 1):
+        assert first[r][0] == full[r][:3] and resumed[r] == full[r][3:]
