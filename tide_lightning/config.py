@@ -186,6 +186,9 @@ class TeacherConfig:
     """Width of the random tiny_moe teacher."""
     num_layers: int = 2
     """Layers of the random tiny_moe teacher."""
+    load_in_4bit: bool = False
+    """Load the teacher in 4-bit NF4 (the published --teacher_load_in_4bit); needs CUDA,
+    bitsandbytes and sharding none (tide_lightning.models.quantization)."""
 
     def __post_init__(self) -> None:
         require_choice("teacher.kind", self.kind, TEACHER_KINDS)
@@ -225,11 +228,18 @@ class DataConfig:
     """Pack plain-text documents into full-length rows (chats are never packed)."""
     val_batches: int = 8
     """Validation batches per rank (>= 1), the same on every rank."""
+    mixing: str = "weighted"
+    """weighted (by each source's weight) or concat (in proportion to size, each record
+    once per epoch: the published recipe)."""
+    heldout_fraction: float = 0.0
+    """Without val_sources, this share of every training source is held out for validation
+    (published: 0.05); 0 holds nothing out."""
     max_doc_chars: int = 1_000_000
     """Documents longer than this many characters are skipped (data/skipped_too_long)."""
 
     def __post_init__(self) -> None:
         from tide_lightning.data.examples import TEACHER_VIEWS
+        from tide_lightning.data.mixing import MIXING_MODES
         from tide_lightning.method.alignment.chat import SUPERVISION
 
         require(self.max_length > 0, "data.max_length", "> 0", self.max_length)
@@ -238,8 +248,11 @@ class DataConfig:
         require(self.batch_size >= 1, "data.batch_size", ">= 1", self.batch_size)
         require(self.num_workers >= 0, "data.num_workers", ">= 0", self.num_workers)
         require(self.val_batches >= 1, "data.val_batches", ">= 1", self.val_batches)
+        require_choice("data.mixing", self.mixing, MIXING_MODES)
         require_choice("data.supervision", self.supervision, SUPERVISION)
         require_choice("data.teacher_view", self.teacher_view, TEACHER_VIEWS)
+        h = self.heldout_fraction
+        require(0.0 <= h < 1.0, "data.heldout_fraction", "in [0, 1)", h)
         m = self.max_doc_chars
         require(m > 0, "data.max_doc_chars", "> 0", m)
 
@@ -276,8 +289,11 @@ class OptimConfig:
 class TrainerConfig:
     """The Lightning Trainer: hardware, length of the run, logging and checkpoints."""
 
-    max_steps: int = 1000
-    """Optimizer steps of the run (> 0)."""
+    max_steps: int | None = 1000
+    """Optimizer steps (> 0); null when training by trainer.epochs."""
+    epochs: float | None = None
+    """Passes over the training records; the step count (and so the LR and lambda
+    progress) is computed from the record count before training. Needs max_steps: null."""
     accelerator: str = "auto"
     """auto, cpu, gpu, cuda, mps or tpu."""
     devices: int = 1
@@ -305,7 +321,15 @@ class TrainerConfig:
     """Lightning's progress bar on stdout."""
 
     def __post_init__(self) -> None:
-        require(self.max_steps > 0, "trainer.max_steps", "> 0", self.max_steps)
+        if (self.epochs is None) == (self.max_steps is None):
+            raise ConfigError(
+                "set exactly one of trainer.max_steps and trainer.epochs "
+                f"(got max_steps={self.max_steps}, epochs={self.epochs}); "
+                "to train by epochs set max_steps: null"
+            )
+        s, e = self.max_steps, self.epochs
+        require(s is None or s > 0, "trainer.max_steps", "> 0 (or null)", s)
+        require(e is None or e > 0, "trainer.epochs", "> 0 (or null)", e)
         require_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
         if self.precision is not None:
             require_choice("trainer.precision", self.precision, PRECISIONS)
