@@ -9,6 +9,7 @@ it needs the process group that Lightning only creates when ``fit`` starts.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -31,10 +32,13 @@ from tide_lightning.data.tokenization import (
 from tide_lightning.method.objective import ObjectiveConfig
 from tide_lightning.models import build_student, load_student
 from tide_lightning.models.frozen import FrozenTeacher, setup_teacher
+from tide_lightning.models.quantization import refuse_four_bit
 from tide_lightning.models.teachers import build_tiny_moe_teacher, resolve_mask_id
 from tide_lightning.training.callbacks import DataSkipLogger
 from tide_lightning.training.module import DistillationModule
 from tide_lightning.training.preemption import PreemptionCheckpoint
+
+log = logging.getLogger(__name__)
 
 
 def _training_texts(specs: list[SourceSpec], limit: int):
@@ -227,6 +231,8 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
     variant_needs_teacher = config.objective.variant != "ce"
     if variant_needs_teacher:
         t = config.teacher
+        if t.load_in_4bit:
+            refuse_four_bit(t.sharding, config.trainer.devices * config.trainer.num_nodes)
         vocab_tok = teacher_tok if teacher_tok is not None else student_tok
         teacher_mask = resolve_mask_id(t.kind, t.path, t.mask_token_id, vocab_tok)
         factory = TeacherFactory(
@@ -235,16 +241,6 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
             t.num_layers, config.seed + 1,
         )  # fmt: skip
 
-    module = DistillationModule(
-        student,
-        None,
-        _objective(config),
-        config.optim,
-        pipeline=config.pipeline,
-        total_steps=config.trainer.max_steps,
-        seed=config.seed,
-        teacher_factory=factory,
-    )
     d = config.data
     datamodule = DistillDataModule(
         specs,
@@ -260,11 +256,24 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
         seed=config.seed,
         pack_text=d.pack_text,
         val_batches=d.val_batches,
+        mixing=d.mixing,
+        heldout_fraction=d.heldout_fraction,
         max_doc_chars=d.max_doc_chars,
         supervision=d.supervision,
         teacher_view=d.teacher_view,
     )
-    trainer = build_trainer(config, callbacks)
+    total_steps = planned_steps(config, datamodule)
+    module = DistillationModule(
+        student,
+        None,
+        _objective(config),
+        config.optim,
+        pipeline=config.pipeline,
+        total_steps=total_steps,
+        seed=config.seed,
+        teacher_factory=factory,
+    )
+    trainer = build_trainer(config, callbacks, max_steps=total_steps)
     return Run(config, module, datamodule, trainer, student_tok, teacher_tok)
 
 
@@ -275,8 +284,39 @@ def load_tokenizer_dir(path: str | Path):
     return load(path)
 
 
-def build_trainer(config: RunConfig, callbacks: list | None = None) -> L.Trainer:
-    """A Trainer with TensorBoard logging and step checkpoints in ``run_dir``."""
+def planned_steps(config: RunConfig, datamodule: DistillDataModule) -> int:
+    """Optimizer steps of the run: ``trainer.max_steps``, or counted from ``trainer.epochs``.
+
+    By epochs, the training records are counted before training (sources opened, filtered
+    and carved once, the same views the stream then reads) and turned into steps as a
+    distributed epoch is (:func:`~tide_lightning.data.mixing.optimizer_steps`), so the LR
+    schedule and TIDAL's progress ``p = step / total`` end exactly at the last step.
+    """
+    tr = config.trainer
+    if tr.epochs is None:
+        return tr.max_steps
+    from tide_lightning.data.mixing import optimizer_steps
+    from tide_lightning.data.selection import count_records
+
+    records = count_records(datamodule.prepared_sources()[0])
+    world = tr.devices * tr.num_nodes
+    steps = optimizer_steps(
+        records, tr.epochs, config.data.batch_size, world, tr.accumulate_grad_batches
+    )
+    log.info(
+        "trainer.epochs=%s over %d training records (batch %d x %d ranks): %d optimizer steps",
+        tr.epochs, records, config.data.batch_size, world, steps,
+    )  # fmt: skip
+    return steps
+
+
+def build_trainer(
+    config: RunConfig, callbacks: list | None = None, max_steps: int | None = None
+) -> L.Trainer:
+    """A Trainer with TensorBoard logging and step checkpoints in ``run_dir``.
+
+    ``max_steps`` overrides ``trainer.max_steps`` (the count :func:`planned_steps` made).
+    """
     tr = config.trainer
     cuda = torch.cuda.is_available() and tr.accelerator in ("auto", "gpu", "cuda")
     precision = tr.precision or ("bf16-mixed" if cuda else "32-true")
@@ -300,7 +340,7 @@ def build_trainer(config: RunConfig, callbacks: list | None = None) -> L.Trainer
         num_nodes=tr.num_nodes,
         strategy=strategy,
         precision=precision,
-        max_steps=tr.max_steps,
+        max_steps=tr.max_steps if max_steps is None else max_steps,
         gradient_clip_val=tr.gradient_clip_val,
         accumulate_grad_batches=tr.accumulate_grad_batches,
         val_check_interval=tr.val_check_interval,
