@@ -60,7 +60,10 @@ def bd3lm_allowed(
 
 
 def bd3lm_attention_mask(
-    seq_len: int, block_size: int, clean_first: bool = False, device=None
+    seq_len: int,
+    block_size: int,
+    clean_first: bool = False,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """Dense block-diffusion mask over the ``2L`` concatenated sequence.
 

@@ -20,6 +20,7 @@ it is context) or ``all_turns``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from tide_lightning.method.alignment.spans import (
     utf8_char_offsets,
 )
 from tide_lightning.method.alignment.texts import ChunkAlignment, make_alignment
+
+if TYPE_CHECKING:  # annotations only: the alignment never imports transformers
+    from transformers import PreTrainedTokenizerBase
 
 SUPERVISION = ("last_turn", "all_turns")
 """Supervision rules: the final assistant turn only (published), or every assistant turn."""
@@ -149,8 +153,8 @@ def _find_piece(rendered: str, piece: str, start: int, last: bool) -> int:
 
 
 def align_messages(
-    student_tokenizer,
-    teacher_tokenizer,
+    student_tokenizer: PreTrainedTokenizerBase,
+    teacher_tokenizer: PreTrainedTokenizerBase,
     messages: list[dict],
     *,
     max_student_len: int | None = None,

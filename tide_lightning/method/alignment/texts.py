@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from tide_lightning.method.alignment.spans import (
     spans_from_bytes,
     spans_from_offsets,
 )
+
+if TYPE_CHECKING:  # annotations only: the alignment never imports transformers
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -53,8 +57,8 @@ class ChunkAlignment:
 
 
 def align_token_ids(
-    student_tokenizer,
-    teacher_tokenizer,
+    student_tokenizer: PreTrainedTokenizerBase,
+    teacher_tokenizer: PreTrainedTokenizerBase,
     text: str,
     student_ids: list[int],
     teacher_ids: list[int],
@@ -100,8 +104,8 @@ def _spans(tokenizer, text, text_bytes, ids, offsets) -> TokenSpans:
 
 
 def align_texts(
-    student_tokenizer,
-    teacher_tokenizer,
+    student_tokenizer: PreTrainedTokenizerBase,
+    teacher_tokenizer: PreTrainedTokenizerBase,
     text: str,
     *,
     max_student_len: int | None = None,
