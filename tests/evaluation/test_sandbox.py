@@ -7,23 +7,72 @@ server that must see no connection, the test process itself that must stay alive
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from tide_lightning.evaluation import sandbox
 from tide_lightning.evaluation.sandbox import (
     STATUSES,
     ProgramResult,
     check_program,
+    memory_plan,
     sandbox_capabilities,
 )
 
 BENIGN = "def add(a, b):\n    return a + b\n\nassert add(2, 3) == 5\n"
+
+# The attack of issue 13: three lines switch the audit hook off. Every test that starts
+# with this checks a guarantee the kernel, not the hook, must keep. ``import ctypes``
+# (refused while the hook is on) proves the hook is off.
+HOOK_OFF = """
+import sys
+sys._getframe(1).f_locals["busy"][0] = True
+import ctypes
+"""
+
+# A program claiming success without running its tests: fake status and completion
+# lines on every descriptor it can find, the monitor's descriptors through /proc,
+# every string in the harness's frames, then a clean early exit.
+FORGE_EVERYWHERE = """
+import os
+fakes = [b"W 0 1\\n", b"D\\n", b"passed\\n"]
+for frame_depth in range(1, 4):
+    try:
+        f = sys._getframe(frame_depth)
+    except ValueError:
+        break
+    for value in list(f.f_locals.values()) + list(f.f_globals.values()):
+        if isinstance(value, (bytes, str)) and len(value) < 200:
+            fakes.append(value.encode() if isinstance(value, str) else value)
+for fd in range(3, 256):
+    for fake in fakes:
+        try:
+            os.write(fd, fake)
+        except OSError:
+            pass
+for pid in ("1", "self"):
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        continue
+    for name in names:
+        try:
+            fd = os.open(f"/proc/{pid}/fd/{name}", os.O_WRONLY | os.O_NONBLOCK)
+            os.write(fd, b"W 0 1\\n")
+        except OSError:
+            pass
+"""
 
 
 def run(source: str, **kwargs) -> ProgramResult:
@@ -175,9 +224,13 @@ def test_deleting_files_is_refused(tmp_path):
         f"import os\nfd = os.open({str(tmp_path)!r}, os.O_RDONLY)\nos.unlink('victim.txt', dir_fd=fd)\n",
     ]:
         result = run(source, timeout=5)
-        # Refused by the audit hook, or by the kernel when running as ``nobody``.
+        # Refused by the audit hook, or by the kernel (not in the view, or not allowed).
         assert result.status in ("error", "failed"), source
-        assert result.violations or "PermissionError" in result.stderr, source
+        assert (
+            result.violations
+            or "PermissionError" in result.stderr
+            or ("FileNotFoundError" in result.stderr)
+        ), source
     assert victim.read_text() == "keep me"
     assert (folder / "inner.txt").read_text() == "keep me too"
     carries_on()
@@ -245,17 +298,25 @@ def test_kernel_layers_when_available():
     if caps.namespaces:
         source = """
             import os
-            assert os.getpid() == 2, os.getpid()
+            assert os.getpid() == 2, os.getpid()  # the monitor is PID 1
             with open("/proc/self/net/dev") as f:
                 names = [line.split(":")[0].strip() for line in f.readlines()[2:]]
             assert names == ["lo"], names
             """
         result = run(source, timeout=5)
         assert result.passed, result.stderr
-    if caps.user is not None:
-        result = run(f"import os\nassert os.getuid() == {caps.user}\n", timeout=5)
+    if caps.unique_uid:
+        result = run(f"import os\nassert os.getuid() >= {sandbox._UID_BASE}\n", timeout=5)
         assert result.passed, result.stderr
-    if caps.namespaces is False and caps.user is None:
+    if caps.private_root:
+        source = """
+            import os
+            assert sorted(os.listdir("/tmp")) == [] and os.getcwd() == "/tmp"
+            assert not os.path.exists("/home") and not os.path.exists("/root/.bashrc")
+            """
+        result = run(source, timeout=5)
+        assert result.passed, result.stderr
+    if not (caps.namespaces or caps.unique_uid or caps.user_namespace):
         pytest.skip("no kernel-level isolation on this machine (audit hook and rlimits only)")
 
 
@@ -275,28 +336,29 @@ def test_hostile_programs_in_parallel_do_not_disturb_benign_ones():
 
 @pytest.mark.parametrize("layers", [0, 1, 2, 3, 4, 5])
 def test_every_fallback_set_up_contains_the_basics(layers):
-    """Machines without namespaces or root still get limits, hook and verdicts."""
-    from tide_lightning.evaluation import sandbox
-
+    """Machines without namespaces, a private root or root still get limits, hook, verdicts."""
     candidates = sandbox._candidates()
     if layers >= len(candidates):
         pytest.skip("set-up not available here")
-    prefix, isolation = candidates[layers]
-    if (
-        isolation.user is not None
-        and not sandbox._run(sandbox._CANARY, prefix, isolation, timeout=10, memory_mb=1024).passed
-    ):
-        pytest.skip(f"{isolation} cannot run here (interpreter unreadable after the drop)")
+    isolation = candidates[layers]
+    canary = sandbox._run(sandbox._CANARY, isolation, timeout=10, memory_mb=1024)
+    if not canary.passed:
+        pytest.skip(f"{isolation} cannot run here: {canary.detail} {canary.stderr[-200:]}")
 
     def go(source: str, timeout: float = 5) -> ProgramResult:
-        return sandbox._run(source, prefix, isolation, timeout=timeout, memory_mb=512)
+        return sandbox._run(source, isolation, timeout=timeout, memory_mb=512)
 
-    assert go(BENIGN).passed
-    assert go("import sys\nsys.exit(0)\nassert False\n").status == "failed"
-    assert go("import os\nos.fork()\n").status == "error"
-    assert go("import os\nos.kill(os.getppid(), 9)\n").status == "error"
-    assert go("x = bytearray(10 * 2**30)\n").status == "failed"
-    assert go("while True:\n    pass\n", timeout=1.2).status == "timeout"
+    def expect(source: str, *statuses: str, timeout: float = 5) -> None:
+        result = go(source, timeout)
+        assert result.status in statuses, (source, result)
+
+    expect(BENIGN, "passed")
+    expect("import sys\nsys.exit(0)\nassert False\n", "failed")
+    expect("import os\nos.fork()\n", "error")
+    expect("import os\nos.kill(os.getppid(), 9)\n", "error")
+    expect("x = bytearray(10 * 2**30)\n", "failed")
+    expect("while True:\n    pass\n", "timeout", timeout=1.2)
+    expect(HOOK_OFF + FORGE_EVERYWHERE + "assert False\n", "failed", "error")
     # Signals through a pidfd raise no audit event; they must still be unavailable.
     victim = subprocess.Popen(["sleep", "30"])
     try:
@@ -311,3 +373,261 @@ signal.pidfd_send_signal(fd, signal.SIGKILL)
     finally:
         victim.kill()
         victim.wait()
+
+
+def hook_off_run(body: str, **kwargs) -> ProgramResult:
+    """Run ``body`` after switching the audit hook off; the hook must really be off."""
+    result = run(HOOK_OFF + textwrap.dedent(body), **kwargs)
+    assert "import ctypes" not in result.violations, "the hook was not switched off"
+    return result
+
+
+def test_the_hook_can_really_be_switched_off():
+    # The premise of the tests below: with the hook off, ctypes imports fine.
+    assert run("import ctypes\n", timeout=5).status == "error"
+    result = hook_off_run("print('off')\n", timeout=5)
+    assert result.passed and result.stdout == "off\n" and not result.violations
+
+
+def test_hook_off_host_process_command_lines_stay_hidden():
+    caps = sandbox_capabilities()
+    if not caps.namespaces:
+        pytest.skip("no PID namespace here: /proc is the host's (documented)")
+    secret = "tide-api-key-" + os.urandom(6).hex()
+    victim = subprocess.Popen(["sh", "-c", "sleep 30", secret])
+    try:
+        source = """
+            import os
+            pids = [p for p in os.listdir("/proc") if p.isdigit()]
+            text = ""
+            for pid in pids:
+                try:
+                    text += open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+                except OSError:
+                    pass
+            print(len(pids), text)
+            """
+        result = hook_off_run(source, timeout=5)
+        assert result.passed, result.stderr
+        count = int(result.stdout.split()[0])
+        assert secret not in result.stdout and count <= 2, result.stdout[:500]
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_hook_off_files_written_do_not_outlive_the_run():
+    marker = "tide-outlives-" + os.urandom(6).hex()
+    source = f"""
+        import os
+        written = []
+        for folder in ["/tmp", "/var/tmp", "/dev/shm", os.getcwd(), "/run", "/"]:
+            try:
+                with open(os.path.join(folder, {marker!r}), "w") as f:
+                    f.write("still here")
+                written.append(folder)
+            except OSError:
+                pass
+        print(written)
+        """
+    result = hook_off_run(source, timeout=5)
+    assert result.passed, result.stderr
+    for folder in ["/tmp", "/var/tmp", "/dev/shm", "/run", "/", os.getcwd()]:
+        assert not os.path.exists(os.path.join(folder, marker)), folder
+    if sandbox_capabilities().private_root:
+        assert result.stdout.strip() == "['/tmp', '/tmp']"  # only its own tmpfs took it
+        assert run("import os\nassert os.listdir('/tmp') == []\n", timeout=5).passed
+
+
+def test_hook_off_project_run_folder_and_home_are_unreadable(tmp_path):
+    if not sandbox_capabilities().private_root:
+        pytest.skip("no private root here: world-readable files stay readable (documented)")
+    run_folder = tmp_path / "runs" / "exp"
+    run_folder.mkdir(parents=True)
+    (run_folder / "last.ckpt").write_bytes(b"weights")
+    os.chmod(tmp_path, 0o755)
+    project = Path(__file__).resolve().parents[2]
+    targets = [
+        run_folder / "last.ckpt",
+        project / "README.md",
+        project / "tide_lightning" / "evaluation" / "sandbox.py",
+        Path.home() / ".bashrc",
+        Path(sys.executable),
+        Path("/etc/passwd"),
+    ]
+    source = f"""
+        import os
+        readable = []
+        for path in {[str(t) for t in targets]!r}:
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+                readable.append(path)
+            except OSError:
+                pass
+        print(readable)
+        print(sorted(os.listdir("/")))
+        """
+    result = hook_off_run(source, timeout=5)
+    assert result.passed, result.stderr
+    assert result.stdout.splitlines()[0] == "[]"
+    top = set(eval(result.stdout.splitlines()[1]))
+    stdlib_tops = {p.split("/")[1] for p in sandbox._binds(sandbox_capabilities().python)[0]}
+    view = {"dev", "etc", "proc", "program.py", "tmp"} | stdlib_tops
+    assert top <= view, top - view
+    assert not top & {"home", "work", "var", "run", "mnt", "opt", "srv"}, top
+
+
+def test_memory_plan_keeps_the_tree_within_the_limit():
+    assert memory_plan(1024, 64, cgroup=False) == (4, 256)
+    assert memory_plan(512, 64, cgroup=False) == (2, 256)
+    assert memory_plan(100, 64, cgroup=False) == (1, 100)
+    assert memory_plan(4096, 2, cgroup=False) == (2, 2048)
+    assert memory_plan(1024, 64, cgroup=True) == (64, 1024)
+    for memory, processes in [(1024, 64), (512, 8), (3000, 5), (100, 1)]:
+        count, each = memory_plan(memory, processes, cgroup=False)
+        assert count * each <= memory and count <= processes
+
+
+def test_hook_off_many_processes_each_allocating_stay_within_the_limit():
+    """The issue's 63 processes x 1 GB: now the tree's total stays under memory_mb."""
+    memory_mb, chunk_mb = 512, 64
+    source = f"""
+        import os, time
+        children = []
+        for _ in range(40):
+            try:
+                pid = os.fork()
+            except OSError:
+                break
+            if pid == 0:
+                try:
+                    block = bytearray({chunk_mb} * 2**20)  # zero-filled: resident
+                    open(f"/tmp/ok.{{os.getpid()}}", "w").close()
+                except (MemoryError, OSError):
+                    os._exit(1)
+                time.sleep(30)
+                os._exit(0)
+            children.append(pid)
+        time.sleep(1.0)
+        alive = [p for p in children if os.waitpid(p, os.WNOHANG) == (0, 0)]
+        held = [p for p in alive if os.path.exists(f"/tmp/ok.{{p}}")]
+        print(len(children), len(held) * {chunk_mb})
+        """
+    result = hook_off_run(source, timeout=8, memory_mb=memory_mb)
+    if "memory limit" in result.detail:
+        return  # a cgroup killed the whole tree: contained
+    assert result.passed, (result.status, result.detail, result.stderr[-500:])
+    forked, held_mb = (int(x) for x in result.stdout.split())
+    assert held_mb + chunk_mb <= memory_mb, result.stdout  # + the parent's own share
+    carries_on()
+
+
+def test_hook_off_fork_bomb_is_contained_and_leaves_nothing():
+    result = hook_off_run(
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        timeout=1.5,
+    )
+    assert result.status == "timeout" and not result.passed
+    if sandbox_capabilities().unique_uid:
+        time.sleep(0.2)
+        leftover = subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout
+        assert not [u for u in leftover.split() if int(u) >= sandbox._UID_BASE]
+    carries_on()
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        FORGE_EVERYWHERE + "os._exit(0)\n",
+        "import os\nos._exit(0)\n",
+        "import sys\nsys.exit(0)\n",
+        "import os\nos.execv('/bin/true', ['true'])\n",
+        "ctypes.CDLL(None)._exit(0)\n",
+        "import os, signal\nfor sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):\n"
+        "    try:\n        os.kill(1, sig)\n    except OSError:\n        pass\n",
+    ],
+    ids=["forge-everywhere", "os._exit", "sys.exit", "execv-true", "ctypes-_exit", "kill-pid-1"],
+)
+def test_hook_off_forged_completion_is_not_a_pass(ending):
+    # The asserts after the ending would fail: anything but "passed" is right.
+    source = HOOK_OFF + ending + "assert 1 + 1 == 3\n"
+    result = run(source, timeout=5)
+    assert "import ctypes" not in result.violations
+    assert result.status in ("failed", "error") and not result.passed, result
+    carries_on()
+
+
+def test_forging_the_completion_token_is_an_error():
+    result = hook_off_run(FORGE_EVERYWHERE + "assert 1 + 1 == 2\n", timeout=5)
+    assert result.status == "error" and result.detail == "forged completion message"
+
+
+@pytest.mark.parametrize("source", ["x = '\ud800'\n", "print('\udcff')\n", b"bytes", None])
+def test_check_program_never_raises(source):
+    result = check_program(source, timeout=5)
+    assert result.status in ("failed", "error") and not result.passed
+    if isinstance(source, str):
+        assert result.status == "failed" and "surrogate" in result.detail
+
+
+def test_a_broken_sandbox_is_an_error_result_not_an_exception(monkeypatch):
+    monkeypatch.setattr(sandbox, "_isolation", lambda: 1 / 0)
+    result = check_program(BENIGN, timeout=5)
+    assert result.status == "error" and "ZeroDivisionError" in result.detail
+
+
+NON_ROOT_SCRIPT = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("sb", sys.argv[1])
+sb = importlib.util.module_from_spec(spec)
+sys.modules["sb"] = sb
+spec.loader.exec_module(sb)
+hook_off, forge, secret = sys.argv[2], sys.argv[3], sys.argv[4]
+caps = sb.sandbox_capabilities()
+peek = "import os\\nprint([p for p in os.listdir('/proc') if p.isdigit()], os.listdir('/'))\\n"
+results = {
+    "caps": caps.__dict__,
+    "benign": sb.check_program("assert 1 + 1 == 2\\n").status,
+    "forged": sb.check_program(hook_off + forge + "import os\\nos._exit(0)\\n").status,
+    "read": sb.check_program(hook_off + f"open({secret!r}).read()\\n").status,
+    "peek": sb.check_program(hook_off + peek).stdout,
+    "caps_left": sb.check_program(
+        "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])"
+    ).stdout.strip(),
+}
+print(json.dumps(results))
+"""
+
+
+def test_non_root_evaluator_gets_a_user_namespace():
+    """CI runs as root; users do not. Run the module as an unprivileged uid."""
+    python = shutil.which(
+        f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin:/bin"
+    )
+    if os.geteuid() != 0 or python is None or shutil.which("setpriv") is None:
+        pytest.skip("needs root, setpriv and a system python to switch to an unprivileged uid")
+    module = Path(sandbox.__file__).resolve()
+    shared = Path(tempfile.mkdtemp(prefix="tide_sandbox_test_"))
+    try:
+        os.chmod(shared, 0o755)
+        secret = shared / "secret.txt"  # readable by any uid on the host, not in the view
+        secret.write_text("private")
+        os.chmod(secret, 0o644)
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-I"]
+        argv += ["-c", NON_ROOT_SCRIPT, str(module), HOOK_OFF, FORGE_EVERYWHERE, str(secret)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=shared)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    if done.returncode != 0 and "Permission denied" in done.stderr:
+        pytest.skip("the module is not readable here by an unprivileged uid")
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["benign"] == "passed"
+    assert got["forged"] in ("failed", "error")
+    if got["caps"]["user_namespace"]:
+        assert got["caps"]["private_root"] and got["caps"]["namespaces"]
+        assert got["read"] == "failed"  # the secret is not in its view
+        assert "work" not in got["peek"] and "tmp" in got["peek"]
+        assert got["caps_left"] == "0000000000000000"

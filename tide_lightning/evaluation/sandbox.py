@@ -1,38 +1,44 @@
-"""Run untrusted, model-generated Python in a contained child process.
+"""Run untrusted, model-generated Python in a sandbox that the kernel enforces.
 
 Code benchmarks (HumanEval, MBPP) execute whatever the model wrote. That code never
-runs in the evaluating process: :func:`check_program` starts a fresh interpreter
-(``python -I``) in its own session, inside a fresh temporary directory, with stdin on
-``/dev/null``, and waits for a verdict: ``passed``, ``failed``, ``timeout`` or ``error``.
+runs in the evaluating process, and none of the guarantees below rest on the
+program's goodwill: each one holds even if the program switches off the in-process
+audit hook (it can: the hook lives in its own interpreter).
 
-Containment comes in layers, strongest first; the first two are enforced by the kernel
-and are used whenever the machine allows them (probed once per process, see
+:func:`check_program` starts ``python -I -S -c <supervisor>`` in a new session. The
+supervisor, on Linux where the kernel allows it (probed once, see
 :func:`sandbox_capabilities`):
 
-1. Namespaces (``unshare --net --pid``): no network interface but a downed loopback, and
-   a private PID space, so the program cannot see or signal any process outside its
-   own sandbox (not its parent, not ``kill(-1)``).
-2. Privilege drop: when the evaluator runs as root, the program runs as ``nobody``, so
-   it cannot write or delete files it does not own, and ``RLIMIT_NPROC`` is enforced
-   (the kernel ignores it for root).
-3. Resource limits on the program process: ``RLIMIT_CPU`` (CPU seconds),
-   ``RLIMIT_AS`` (address space), ``RLIMIT_FSIZE`` (largest file written),
-   ``RLIMIT_NPROC``, ``RLIMIT_NOFILE``, no core files.
-4. An audit hook installed before the program runs: it refuses process creation
-   (fork, exec, spawn, subprocess), signals (``os.kill``), sockets, ``ctypes``,
-   raising resource limits, and writing, deleting, renaming or changing files outside
-   the working directory. It is a guard against accidents and casual attacks, not a
-   security boundary: Python code can reach around it (e.g. by monkeypatching the
-   modules it relies on), which is why layers 1-3 exist.
-5. The parent: a wall-clock deadline after which the whole session is killed, and
-   stdout/stderr read incrementally with only the first ``max_output_bytes`` kept,
-   so a program printing 100 MB costs no memory.
+1. ``unshare(2)``: new mount, PID, network, IPC and UTS namespaces, plus a user
+   namespace when the evaluator is not root. It forks the *monitor*, PID 1 of the new
+   PID namespace: when the monitor dies, the kernel kills everything in it.
+2. The monitor builds a minimal root on a tmpfs and ``pivot_root``\\ s into it:
+   read-only, nosuid bind mounts of ``/usr``, ``/bin``, ``/lib*``, ``/etc/ld.so.cache``
+   and the interpreter's standard library (its ``site-packages`` masked), a fresh
+   ``/proc`` for the new PID namespace, ``/dev/{null,zero,full,random,urandom}``, and a
+   private tmpfs ``/tmp`` (size- and inode-capped) that is the working directory. The
+   project, run folders, checkpoints, home directories and the host's ``/tmp`` are
+   simply not there, and the tmpfs vanishes with the namespace.
+3. The monitor forks the program process, which closes every inherited descriptor
+   but its own two pipes, sets resource limits (CPU seconds, address space, file size,
+   processes, open files, no core files), drops privileges (as root: a fresh uid
+   nobody uses, one per run; in a user namespace: every capability, the bounding set
+   included), sets ``no_new_privs``, installs the audit hook and runs the program.
+4. Memory for the whole process tree: a cgroup v2 (``memory.max``, ``pids.max``)
+   where the evaluator's cgroup delegates the memory controller; otherwise
+   ``RLIMIT_NPROC`` x ``RLIMIT_AS`` <= ``memory_mb`` (:func:`memory_plan`).
 
-Verdict: ``passed`` requires the program's last statement to have completed. The
-harness reports completion on a private pipe with a per-run random token, so an early
-``sys.exit(0)`` or ``os._exit(0)`` is ``failed``, not ``passed``. A program that
-deliberately inspects the harness's frames can find the token; the verdict defends
-against accidents, the layers above defend the machine.
+Verdict: the monitor, which the program can neither signal (PID 1 ignores it), trace
+nor read (it keeps its capabilities or runs as root, and is not dumpable), reports
+the program's wait status on a pipe only it holds. ``passed`` needs exit status 0 and
+the completion token: the monitor writes a fresh random token into a pipe *after*
+forking the program (so it is nowhere in the program's memory); the harness reads it
+only after the program's last statement and echoes it back. Anything else arriving
+on that pipe is a forgery and makes the verdict ``error``.
+
+Where a layer is missing (no namespaces, e.g. unprivileged user namespaces disabled;
+no writable cgroup v2), the next one still holds and :func:`sandbox_capabilities`
+lists what is missing; docs/evaluation.md has the table.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
+import logging
 import os
 import secrets
 import selectors
@@ -51,7 +59,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+logger = logging.getLogger(__name__)
+
 STATUSES = ("passed", "failed", "timeout", "error")
+
+# Without a cgroup, each process gets memory_mb / n of address space; below this a
+# Python process cannot do much, so fewer processes are allowed instead.
+_PROCESS_FLOOR_MB = 256
+# Root evaluator: the program runs as _UID_BASE + the supervisor's host pid, a uid that
+# owns no file and no other process (so RLIMIT_NPROC counts this run only).
+_UID_BASE = 1_900_000_000
 
 
 @dataclass(frozen=True)
@@ -60,9 +77,10 @@ class ProgramResult:
 
     Attributes:
         status: ``passed`` (ran to the end, exit code 0), ``failed`` (an exception,
-            a non-zero exit, or an exit before the end), ``timeout`` (wall-clock or
-            CPU limit) or ``error`` (killed by a signal, a forbidden operation was
-            attempted, or the sandbox itself failed).
+            a non-zero exit, an exit before the end, invalid source, memory limit),
+            ``timeout`` (wall-clock or CPU limit) or ``error`` (killed by a signal, a
+            forbidden operation was attempted, a forged completion, or the sandbox
+            itself failed).
         returncode: the program's exit code, ``-signal`` if a signal killed it,
             ``None`` if unknown (timeout, sandbox failure).
         stdout: the first ``max_output_bytes`` of standard output, decoded.
@@ -90,66 +108,312 @@ class ProgramResult:
 
 @dataclass(frozen=True)
 class Isolation:
-    """The kernel-level containment available on this machine.
+    """The containment :func:`check_program` uses on this machine.
 
     Attributes:
-        namespaces: the program runs in fresh network and PID namespaces.
-        user: uid the program runs as (``nobody``), or ``None`` for the caller's uid.
+        namespaces: mount, PID, network, IPC and UTS namespaces.
+        user_namespace: an unprivileged user namespace (evaluator not root).
+        private_root: minimal read-only root, fresh ``/proc``, private tmpfs ``/tmp``.
+        unique_uid: the program runs as a fresh, otherwise unused uid (root evaluator).
+        memory: ``"cgroup"`` (one limit for the tree) or ``"rlimit"`` (count x cap).
         python: the interpreter that runs programs.
+        missing: one sentence per layer this machine lacks, empty when none.
     """
 
     namespaces: bool
-    user: int | None
+    user_namespace: bool
+    private_root: bool
+    unique_uid: bool
+    memory: str
     python: str
+    missing: tuple[str, ...] = ()
 
 
-def _sandbox_main() -> None:  # pragma: no cover - runs inside the sandbox interpreter
+def memory_plan(memory_mb: int, max_processes: int, cgroup: bool) -> tuple[int, int]:
+    """Process count and per-process address space (MiB) for one run.
+
+    With a cgroup the kernel bounds the tree's total, so each process may use all of
+    ``memory_mb``. Without one, ``count * per_process <= memory_mb`` bounds it: at
+    most ``memory_mb // 256`` processes (threads count), each with an equal share.
+
+    Returns:
+        ``(processes, per_process_mb)``.
+    """
+    if cgroup:
+        return max(1, max_processes), memory_mb
+    processes = max(1, min(max_processes, memory_mb // _PROCESS_FLOOR_MB))
+    return processes, memory_mb // processes
+
+
+def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox interpreter
     """Entry point of the sandbox interpreter; self-contained (its source is sent via ``-c``).
 
-    ``argv``: in_fd out_fd program workdir uid cpu_s mem_bytes fsize_bytes nproc nofile.
-    Forks once: the parent stays a tiny supervisor (PID 1 in the namespace), reports the
-    program's pid and wait status; the child sets limits, drops privileges, installs the
-    audit hook and runs the program.
+    ``argv[1]``: a descriptor to read the JSON configuration from. Writes ``E <msg>``
+    (set-up failed), ``P <pid>``, ``V <event>`` and ``W <wait status> <done>`` lines to
+    the status descriptor, which only this process and the monitor hold.
     """
     import contextlib
+    import ctypes
+    import json
     import os
     import resource
+    import signal
     import sys
 
-    in_fd, out_fd = int(sys.argv[1]), int(sys.argv[2])
-    program, workdir = sys.argv[3], sys.argv[4]
-    uid, cpu_s, mem_b, fsize_b, nproc, nofile = (int(a) for a in sys.argv[5:11])
-    token = os.read(in_fd, 128).strip()
-    os.close(in_fd)
+    with os.fdopen(int(sys.argv[1]), "rb") as f:
+        cfg = json.loads(f.read())
+    status_fd = cfg["status_fd"]
 
-    def emit(kind: bytes, value: str = "") -> None:
+    def report(kind: str, value: str = "") -> None:
+        line = f"{kind} {value}".replace("\n", " ")[:4000] + "\n"
         with contextlib.suppress(OSError):
-            os.write(out_fd, b"%s %s %s\n" % (token, kind, value.encode("utf-8", "replace")))
+            os.write(status_fd, line.encode("utf-8", "replace"))
 
-    pid = os.fork()
-    if pid:
-        emit(b"P", str(pid))
-        _, wait_status = os.waitpid(pid, 0)
-        emit(b"W", str(wait_status))
-        os._exit(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
 
-    limits = [
-        (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),
-        (resource.RLIMIT_AS, (mem_b, mem_b)),
-        (resource.RLIMIT_FSIZE, (fsize_b, fsize_b)),
-        (resource.RLIMIT_NPROC, (nproc, nproc)),
-        (resource.RLIMIT_NOFILE, (nofile, nofile)),
-        (resource.RLIMIT_CORE, (0, 0)),
-    ]
-    for which, value in limits:
-        resource.setrlimit(which, value)
-    if uid >= 0:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-    with open(program, encoding="utf-8") as f:
-        source = f.read()
-    code = compile(source, program, "exec")
+    def check(ret: int, what: str) -> None:
+        if ret != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    ms = {"rdonly": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "remount": 32,
+          "bind": 4096, "move": 8192, "rec": 16384, "private": 1 << 18}  # fmt: skip
+
+    def mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None):
+        enc = [None if s is None else os.fsencode(s) for s in (src, dst, fstype, data)]
+        check(libc.mount(enc[0], enc[1], enc[2], flags, enc[3]), f"mount {dst}")
+
+    def locked_flags(path: str) -> int:
+        # In a user namespace a remount must keep the flags the outer mount has.
+        st_to_ms = {os.ST_NOSUID: 2, os.ST_NODEV: 4, os.ST_NOEXEC: 8,
+                    os.ST_NOATIME: 1024, os.ST_NODIRATIME: 2048, os.ST_RELATIME: 1 << 21}  # fmt: skip
+        got = os.statvfs(path).f_flag
+        return sum(m for s, m in st_to_ms.items() if got & s)
+
+    def mounts_under(root: str) -> list[str]:
+        found = []
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                point = line.split(" ")[4].encode().decode("unicode_escape")
+                if point == root or point.startswith(root.rstrip("/") + "/"):
+                    found.append(point)
+        return found
+
+    def bind_ro(src: str, dst: str) -> None:
+        if os.path.islink(src) and not os.path.isabs(os.readlink(src)):
+            os.symlink(os.readlink(src), dst)  # merged /usr: /bin -> usr/bin
+            return
+        real = os.path.realpath(src)
+        if os.path.isdir(real):
+            os.makedirs(dst, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            open(dst, "w").close()
+        mount(real, dst, None, ms["bind"] | ms["rec"], None)
+        for point in mounts_under(dst):  # submounts too: a recursive bind keeps them rw
+            flags = ms["remount"] | ms["bind"] | ms["rdonly"] | ms["nosuid"] | ms["nodev"]
+            mount(None, point, None, flags | locked_flags(point), None)
+
+    def build_root(newroot: str, program_bytes: bytes, tmp_uid: int) -> None:
+        mount(None, "/", None, ms["rec"] | ms["private"], None)  # nothing propagates out
+        size = f"size={4 * 2**20 + len(program_bytes)},mode=0755"
+        mount("tide-root", newroot, "tmpfs", ms["nosuid"] | ms["nodev"], size)
+        for path in cfg["binds"]:
+            if os.path.lexists(path):
+                bind_ro(path, newroot + path)
+        for path in cfg["masks"]:
+            if os.path.isdir(newroot + path):
+                mount("tide-mask", newroot + path, "tmpfs", ms["rdonly"] | ms["nosuid"], "size=4k")
+        dev = newroot + "/dev"
+        os.makedirs(dev, exist_ok=True)
+        for name in ("null", "zero", "full", "random", "urandom"):
+            open(f"{dev}/{name}", "w").close()
+            mount(f"/dev/{name}", f"{dev}/{name}", None, ms["bind"], None)
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+            os.symlink(target, f"{dev}/{name}")
+        os.mkdir(newroot + "/proc")
+        proc_flags = ms["nosuid"] | ms["nodev"] | ms["noexec"]
+        try:  # hidepid: the program does not even see the monitor
+            mount("proc", newroot + "/proc", "proc", proc_flags, "hidepid=2")
+        except OSError:
+            mount("proc", newroot + "/proc", "proc", proc_flags, None)
+        os.mkdir(newroot + "/tmp")
+        tmp_opts = f"size={cfg['tmp_bytes']},nr_inodes={cfg['tmp_inodes']},mode=0700"
+        tmp_flags = ms["nosuid"] | ms["nodev"] | ms["noexec"]
+        mount("tide-tmp", newroot + "/tmp", "tmpfs", tmp_flags, tmp_opts)
+        os.chown(newroot + "/tmp", tmp_uid, tmp_uid)
+        with open(newroot + "/program.py", "wb") as f:
+            f.write(program_bytes)
+        os.chmod(newroot + "/program.py", 0o444)
+        os.chdir(newroot)
+        pivot = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+        number = pivot.get(os.uname().machine)
+        if number is not None and libc.syscall(number, b".", b".") == 0:
+            check(libc.umount2(b".", 2), "detach the old root")  # MNT_DETACH
+        else:  # what switch_root does: move the new root over / and chroot into it
+            mount(newroot, "/", None, ms["move"], None)
+            os.chroot(".")
+        os.chdir("/")
+        flags = ms["remount"] | ms["rdonly"] | ms["nosuid"] | ms["nodev"]
+        mount(None, "/", None, flags, None)
+
+    # --- the supervisor: namespaces, then the monitor (PID 1 inside) ---
+    try:
+        with open(cfg["program"], "rb") as f:
+            program_bytes = f.read()
+        if cfg["cgroup"]:
+            with open(os.path.join(cfg["cgroup"], "cgroup.procs"), "w") as f:
+                f.write("0")
+        root_evaluator = os.geteuid() == 0
+        program_uid = cfg["uid_base"] + os.getpid() if root_evaluator else 0
+        if cfg["namespaces"]:
+            uid, gid = os.geteuid(), os.getegid()
+            flags = 0x00020000 | 0x04000000 | 0x08000000 | 0x20000000 | 0x40000000
+            if cfg["user_namespace"]:
+                flags |= 0x10000000
+            check(libc.unshare(flags), "unshare")
+            if cfg["user_namespace"]:
+                for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
+                                   ("gid_map", f"0 {gid} 1")):  # fmt: skip
+                    with open(f"/proc/self/{name}", "w") as f:
+                        f.write(text)
+            monitor = os.fork()
+            if monitor:
+                os.close(status_fd)
+                _, wait_status = os.waitpid(monitor, 0)
+                os._exit(os.waitstatus_to_exitcode(wait_status) & 0xFF)
+            check(libc.prctl(1, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
+            with contextlib.suppress(OSError):
+                libc.sethostname(b"sandbox", 7)
+        if not root_evaluator:
+            program_uid = os.geteuid()
+        if cfg["private_root"]:
+            build_root(cfg["root"], program_bytes, program_uid)
+            workdir, program_path = "/tmp", "/program.py"
+        else:
+            workdir, program_path = cfg["workdir"], cfg["program"]
+            if root_evaluator:
+                os.chown(workdir, program_uid, program_uid)
+        os.chdir(workdir)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1 then ignores it from inside
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: /proc/1/fd etc. stay closed
+        token_r, token_w = os.pipe()
+        done_r, done_w = os.pipe()
+        violation_r, violation_w = os.pipe()
+    except BaseException as exc:
+        report("E", f"{type(exc).__name__}: {exc}")
+        os._exit(70)
+
+    program = os.fork()
+    if program == 0:
+        # --- the program process: limits, privileges, hook, then the program ---
+        try:
+            keep = {0, 1, 2, token_r, done_w, violation_w}
+            for fd in range(3, max(keep) + 1):
+                if fd not in keep:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            os.closerange(max(keep) + 1, 65536)
+            os.set_blocking(violation_w, False)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            libc.prctl(4, 1, 0, 0, 0)  # dumpable again: its own /proc/self works
+            check(libc.prctl(1, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
+            cpu_s = cfg["cpu_s"]
+            for which, value in [
+                (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),
+                (resource.RLIMIT_AS, (cfg["as_bytes"],) * 2),
+                (resource.RLIMIT_FSIZE, (cfg["fsize_bytes"],) * 2),
+                (resource.RLIMIT_NPROC, (cfg["nproc"],) * 2),
+                (resource.RLIMIT_NOFILE, (cfg["nofile"],) * 2),
+                (resource.RLIMIT_CORE, (0, 0)),
+            ]:
+                resource.setrlimit(which, value)
+            if os.geteuid() == 0:  # root or root of the user namespace
+                with open("/proc/sys/kernel/cap_last_cap") as f:
+                    last_cap = int(f.read())
+                for cap in range(last_cap + 1):
+                    libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+                if root_evaluator:
+                    os.setgroups([])
+                    os.setgid(program_uid)
+                    os.setuid(program_uid)  # clears every capability
+                else:
+
+                    class Header(ctypes.Structure):
+                        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+                    empty = (ctypes.c_uint32 * 6)()
+                    check(libc.capset(ctypes.byref(Header(0x20080522, 0)), empty), "capset")
+            check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+            os.environ.clear()
+            os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=workdir,
+                              TMPDIR=workdir, LANG="C.UTF-8", OMP_NUM_THREADS="1")  # fmt: skip
+            code = compile(program_bytes, program_path, "exec", dont_inherit=True)
+        except SyntaxError:
+            sys.excepthook(*sys.exc_info())
+            os._exit(1)
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                sys.stderr.write(f"sandbox set-up failed: {exc}\n")
+            os._exit(71)
+        _harness(code, program_path, workdir, token_r, done_w, violation_w)
+
+    # --- the monitor: wait, collect the completion token, report ---
+    for fd in (token_r, done_w, violation_w):
+        os.close(fd)
+    report("P", str(program))
+    token = os.urandom(16).hex().encode()  # only now: the program's memory never held it
+    with contextlib.suppress(OSError):  # the program may be gone already
+        os.write(token_w, token)
+    os.close(token_w)
+    # Relay refused events as they come (a looping program never exits) and reap
+    # orphans (PID 1 inherits them) until the program itself is gone.
+    import select
+
+    pending, relayed, wait_status = b"", 0, None
+    while wait_status is None:
+        readable, _, _ = select.select([violation_r], [], [], 0.05)
+        if readable:
+            chunk = b""
+            with contextlib.suppress(OSError):
+                chunk = os.read(violation_r, 65536)
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines[: max(0, 50 - relayed)]:
+                report("V", line.decode("utf-8", "replace"))
+            relayed += len(lines)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = program, 0
+            if pid == 0:
+                break
+            if pid == program:
+                wait_status = status
+                break
+    os.set_blocking(done_r, False)
+    received = b""
+    with contextlib.suppress(OSError):
+        received = os.read(done_r, 4096)
+    done = "1" if received == token else ("0" if not received else "x")
+    os.set_blocking(violation_r, False)
+    with contextlib.suppress(OSError):
+        for line in (pending + os.read(violation_r, 65536)).split(b"\n")[: max(0, 50 - relayed)]:
+            if line:
+                report("V", line.decode("utf-8", "replace"))
+    report("W", f"{wait_status} {done}")
+    os._exit(0)
+
+
+def _harness(code, program_path, workdir, token_r, done_w, violation_w):  # pragma: no cover
+    """Install the audit hook, run ``code`` as ``__main__``, echo the token at the end."""
+    import contextlib
+    import os
+    import sys
 
     realpath, fspath, isabs = os.path.realpath, os.fspath, os.path.isabs
     root = realpath(workdir)
@@ -178,12 +442,12 @@ def _sandbox_main() -> None:  # pragma: no cover - runs inside the sandbox inter
     def inside(path: object) -> bool:
         if isinstance(path, int):  # an already open descriptor
             return True
-        name = os.fsdecode(fspath(path))
-        real = realpath(name)
+        real = realpath(os.fsdecode(fspath(path)))
         return real == root or real.startswith(root + "/") or real == "/dev/null"
 
     def refuse(event: str) -> None:
-        emit(b"V", event)
+        with contextlib.suppress(OSError):
+            os.write(violation_w, event.encode("utf-8", "replace")[:1000] + b"\n")
         raise PermissionError(f"sandbox: {event} is not allowed")
 
     def hook(event: str, args: tuple) -> None:
@@ -213,6 +477,9 @@ def _sandbox_main() -> None:  # pragma: no cover - runs inside the sandbox inter
         finally:
             busy[0] = False
 
+    # The supervisor's ctypes must not be reachable without an import (the hook sees those).
+    for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
+        del sys.modules[name]
     # Signalling through a pidfd raises no audit event: take those functions away.
     import signal
 
@@ -220,71 +487,207 @@ def _sandbox_main() -> None:  # pragma: no cover - runs inside the sandbox inter
         for name in ("pidfd_open", "pidfd_send_signal"):
             with contextlib.suppress(AttributeError):
                 delattr(module, name)
+    sys.argv = [program_path]
     sys.addaudithook(hook)
-    del source, limits
-    namespace = {"__name__": "__main__", "__file__": program, "__builtins__": __builtins__}
-    exec(code, namespace)
+    namespace = {"__name__": "__main__", "__file__": program_path, "__builtins__": __builtins__}
+    exit_code, completed = 0, False
+    try:
+        exec(code, namespace)
+        completed = True
+    except SystemExit as exc:
+        if exc.code is None:
+            exit_code = 0
+        elif isinstance(exc.code, int):
+            exit_code = exc.code & 0xFF
+        else:
+            with contextlib.suppress(BaseException):
+                print(exc.code, file=sys.stderr)
+            exit_code = 1
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            sys.excepthook(*sys.exc_info())
+        exit_code = 1
+    with contextlib.suppress(BaseException):
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()  # wait for non-daemon threads, as the interpreter does
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(BaseException):
             stream.flush()
-    emit(b"D")
+    if completed:
+        with contextlib.suppress(OSError):
+            os.write(done_w, os.read(token_r, 64))
+    os._exit(exit_code)
 
 
 @functools.lru_cache(maxsize=1)
 def _child_code() -> str:
-    return inspect.getsource(_sandbox_main) + "\n_sandbox_main()\n"
+    return "\n".join(
+        [inspect.getsource(_supervisor_main), inspect.getsource(_harness), "_supervisor_main()"]
+    )
 
 
-def _namespace_prefix() -> list[str] | None:
-    exe = shutil.which("unshare", path="/usr/bin:/bin:/usr/sbin:/sbin")
-    if exe is None or not sys.platform.startswith("linux"):
-        return None
-    prefix = [exe, "--net", "--pid", "--fork", "--kill-child"]
-    if os.geteuid() != 0:
-        prefix.append("--map-root-user")
-    return prefix
-
-
-def _candidates() -> list[tuple[list[str], Isolation]]:
-    """Isolation set-ups to try, strongest first."""
-    ns = _namespace_prefix()
-    nobody = 65534 if os.geteuid() == 0 else None
+def _pythons() -> list[str]:
+    """This interpreter, then the system one of the same version (readable by any uid)."""
+    found = [os.path.realpath(sys.executable)]
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    pythons = [sys.executable]
     system = shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")
-    if system and os.path.realpath(system) != os.path.realpath(sys.executable):
-        pythons.append(system)
-    found = []
-    for use_ns in [True, False] if ns else [False]:
-        users = [nobody, None] if nobody is not None else [None]
-        for user in users:
-            # A non-root user cannot switch interpreters for a privilege drop it cannot do.
-            for python in pythons if user is not None else pythons[:1]:
-                found.append((ns if use_ns else [], Isolation(use_ns, user, python)))
+    if system and os.path.realpath(system) not in found:
+        found.append(os.path.realpath(system))
     return found
 
 
+@functools.lru_cache(maxsize=4)
+def _binds(python: str) -> tuple[list[str], list[str]]:
+    """Host paths bound read-only into the private root, and directories masked in it."""
+    binds = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
+    binds += ["/etc/ld.so.cache", "/etc/localtime"]
+    out = subprocess.run(
+        [python, "-I", "-S", "-c", "import sys; print('\\n'.join(sys.path))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    masks = []
+    for entry in out.stdout.split("\n"):
+        real = os.path.realpath(entry) if entry else ""
+        if not os.path.isdir(real):
+            continue
+        if not any(real == b or real.startswith(b + "/") for b in binds):
+            binds.append(real)
+        for name in ("site-packages", "dist-packages"):
+            if os.path.isdir(os.path.join(real, name)):
+                masks.append(os.path.join(real, name))
+    return binds, masks
+
+
+def _cgroup_parent() -> str | None:
+    """A cgroup v2 directory we may create children in, with memory delegated to them."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            path = next(line[3:].strip() for line in f if line.startswith("0::"))
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            mnt = next(line.split()[4] for line in f if " - cgroup2 " in line)
+        parent = os.path.normpath(mnt + path)
+        with open(os.path.join(parent, "cgroup.subtree_control"), encoding="utf-8") as f:
+            enabled = f.read().split()
+    except (OSError, StopIteration):
+        return None
+    if "memory" in enabled and "pids" in enabled and os.access(parent, os.W_OK):
+        return parent
+    return None
+
+
+def _make_cgroup(parent: str, memory_mb: int, max_processes: int) -> str:
+    path = os.path.join(parent, f"tide_sandbox_{secrets.token_hex(6)}")
+    os.mkdir(path)
+    for name, value in (
+        ("memory.max", str(memory_mb * 2**20)),
+        ("memory.swap.max", "0"),
+        ("memory.oom.group", "1"),
+        ("pids.max", str(max_processes + 2)),  # + the supervisor and the monitor
+    ):
+        with contextlib.suppress(FileNotFoundError), open(os.path.join(path, name), "w") as f:
+            f.write(value)
+    return path
+
+
+def _cgroup_oom_killed(path: str) -> bool:
+    with contextlib.suppress(OSError), open(os.path.join(path, "memory.events")) as f:
+        return any(line.split()[:1] == ["oom_kill"] and line.split()[1] != "0" for line in f)
+    return False
+
+
+def _remove_cgroup(path: str) -> None:
+    with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.kill"), "w") as f:
+        f.write("1")
+    for _ in range(100):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
+    logger.warning("sandbox: could not remove cgroup %s", path)
+
+
+def _candidates() -> list[Isolation]:
+    """Set-ups to try, strongest first."""
+    linux = sys.platform.startswith("linux")
+    root = os.geteuid() == 0
+    memory = "cgroup" if linux and _cgroup_parent() else "rlimit"
+    pythons = _pythons()
+    found = []
+    if linux:
+        found.append(Isolation(True, not root, True, root, memory, pythons[0]))
+    # Without a private root, a dropped uid must be able to read the standard library.
+    for python in pythons if root else pythons[:1]:
+        if linux:
+            found.append(Isolation(True, not root, False, root, memory, python))
+        found.append(Isolation(False, False, False, root and linux, memory, python))
+    if memory == "cgroup":
+        found += [Isolation(**{**i.__dict__, "memory": "rlimit"}) for i in list(found)]
+    return found
+
+
+def _describe_missing(isolation: Isolation) -> tuple[str, ...]:
+    missing = []
+    if not isolation.namespaces:
+        missing.append(
+            "no namespaces (unshare refused): the program sees host processes and the "
+            "network, and only the audit hook stops it from signalling or connecting"
+        )
+    if not isolation.private_root:
+        missing.append(
+            "no private root: the program can read every file its uid can read, and "
+            "write any world-writable folder (the audit hook refuses writes outside "
+            "its directory)"
+        )
+    if not isolation.unique_uid and not isolation.user_namespace:
+        missing.append("runs as the evaluator's uid: no privilege drop")
+    if isolation.memory != "cgroup":
+        missing.append(
+            "no writable cgroup v2 with the memory controller: memory is bounded by "
+            "RLIMIT_NPROC x RLIMIT_AS (fewer processes, each with a share)"
+        )
+    return tuple(missing)
+
+
 _CANARY = f"""
-import collections, functools, hashlib, heapq, itertools, json, math, random, re, string
-import sys
+import collections, decimal, fractions, functools, hashlib, heapq, itertools, json, math
+import random, re, statistics, string, sys, datetime
 assert sys.version_info[:2] == ({sys.version_info.major}, {sys.version_info.minor})
 with open("canary.txt", "w") as f:
     f.write("ok")
+print(open("canary.txt").read())
 """
 
 
 @functools.lru_cache(maxsize=1)
-def _isolation() -> tuple[tuple[str, ...], Isolation]:
-    for prefix, isolation in _candidates():
-        result = _run(_CANARY, prefix, isolation, timeout=20.0, memory_mb=1024)
-        if result.passed:
-            return tuple(prefix), isolation
-    raise RuntimeError("no sandbox set-up works on this machine: cannot run programs")
+def _isolation() -> Isolation:
+    failures = []
+    for isolation in _candidates():
+        result = _run(_CANARY, isolation, timeout=20.0, memory_mb=1024)
+        if result.passed and result.stdout == "ok\n":
+            full = Isolation(**{**isolation.__dict__, "missing": _describe_missing(isolation)})
+            for line in full.missing:
+                logger.warning("sandbox: %s", line)
+            if failures:
+                logger.warning("sandbox: stronger set-ups failed here: %s", "; ".join(failures))
+            return full
+        failures.append(f"{isolation}: {result.status} {result.detail} {result.stderr[-300:]}")
+    raise RuntimeError("no sandbox set-up works on this machine:\n" + "\n".join(failures))
 
 
 def sandbox_capabilities() -> Isolation:
-    """The isolation :func:`check_program` uses here (probed once, then cached)."""
-    return _isolation()[1]
+    """The isolation :func:`check_program` uses here (probed once, then cached).
+
+    Raises:
+        RuntimeError: when no set-up works at all (then no program can be judged).
+    """
+    return _isolation()
 
 
 def check_program(
@@ -293,120 +696,141 @@ def check_program(
     *,
     memory_mb: int = 1024,
     max_file_mb: int = 16,
+    max_disk_mb: int = 64,
     max_processes: int = 64,
     max_open_files: int = 128,
     max_output_bytes: int = 65536,
 ) -> ProgramResult:
-    """Run ``source`` as ``__main__`` in a sandboxed interpreter and judge it.
+    """Run ``source`` as ``__main__`` in the sandbox and judge it.
 
-    Safe to call from several threads at once.
+    Safe to call from several threads at once. Never raises: a sandbox that cannot
+    start, or a source that is not valid text, gives a :class:`ProgramResult` too.
 
     Args:
         source: the complete program (solution followed by its tests).
         timeout: wall-clock seconds; the CPU limit is ``ceil(timeout)`` seconds.
-        memory_mb: address-space limit of the program process.
+        memory_mb: memory of the whole process tree (see :func:`memory_plan`).
         max_file_mb: largest file the program may write.
-        max_processes: ``RLIMIT_NPROC`` (threads count; enforced for non-root users).
+        max_disk_mb: size of its private ``/tmp`` (with a private root).
+        max_processes: processes and threads (fewer without a cgroup).
         max_open_files: ``RLIMIT_NOFILE``.
         max_output_bytes: bytes kept of each of stdout and stderr; the rest is drained
             and dropped.
 
     Returns:
-        The :class:`ProgramResult`; never raises for anything the program does.
+        The :class:`ProgramResult`.
     """
-    prefix, isolation = _isolation()
-    return _run(
-        source,
-        list(prefix),
-        isolation,
-        timeout=timeout,
-        memory_mb=memory_mb,
-        max_file_mb=max_file_mb,
-        max_processes=max_processes,
-        max_open_files=max_open_files,
-        max_output_bytes=max_output_bytes,
-    )
+    start = time.monotonic()
+    try:
+        isolation = _isolation()
+        return _run(
+            source,
+            isolation,
+            timeout=timeout,
+            memory_mb=memory_mb,
+            max_file_mb=max_file_mb,
+            max_disk_mb=max_disk_mb,
+            max_processes=max_processes,
+            max_open_files=max_open_files,
+            max_output_bytes=max_output_bytes,
+        )
+    except Exception as exc:  # the promise: a verdict, whatever happened
+        detail = f"sandbox failure: {type(exc).__name__}: {exc}".splitlines()[0]
+        return ProgramResult("error", None, "", "", False, time.monotonic() - start, (), detail)
 
 
 def _run(
     source: str,
-    prefix: list[str],
     isolation: Isolation,
     *,
     timeout: float,
     memory_mb: int,
     max_file_mb: int = 16,
+    max_disk_mb: int = 64,
     max_processes: int = 64,
     max_open_files: int = 128,
     max_output_bytes: int = 65536,
 ) -> ProgramResult:
     start = time.monotonic()
-    base = tempfile.mkdtemp(prefix="tide_sandbox_")
     try:
-        os.chmod(base, 0o755)
+        program_bytes = source.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        detail = f"the source is not valid text: {exc.reason} at character {exc.start}"
+        return ProgramResult("failed", None, "", f"SyntaxError: {detail}\n", False, 0.0, (), detail)
+    base = tempfile.mkdtemp(prefix="tide_sandbox_")
+    cgroup = None
+    try:
+        os.chmod(base, 0o711)
         program = os.path.join(base, "program.py")
         workdir = os.path.join(base, "work")
         os.mkdir(workdir, 0o700)
-        with open(program, "w", encoding="utf-8") as f:
-            f.write(source)
+        os.mkdir(os.path.join(base, "root"), 0o700)
+        with open(program, "wb") as f:
+            f.write(program_bytes)
         os.chmod(program, 0o444)
-        uid = -1 if isolation.user is None else isolation.user
-        if uid >= 0:
-            os.chown(workdir, uid, uid)
-        token = secrets.token_hex(16).encode()
-        in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
-        os.write(in_w, token + b"\n")
-        os.close(in_w)
-        argv = [
-            *prefix,
-            isolation.python,
-            "-I",
-            "-c",
-            _child_code(),
-            str(in_r),
-            str(out_w),
-            program,
-            workdir,
-            str(uid),
-            str(max(1, int(-(-timeout // 1)))),
-            str(memory_mb * 2**20),
-            str(max_file_mb * 2**20),
-            str(max_processes),
-            str(max_open_files),
-        ]
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": workdir,
-            "TMPDIR": workdir,
-            "LANG": "C.UTF-8",
-            "OMP_NUM_THREADS": "1",
+        if isolation.memory == "cgroup":
+            cgroup = _make_cgroup(_cgroup_parent(), memory_mb, max_processes)
+        processes, per_process_mb = memory_plan(memory_mb, max_processes, cgroup is not None)
+        binds, masks = _binds(isolation.python) if isolation.private_root else ([], [])
+        status_r, status_w = os.pipe()
+        config_r, config_w = os.pipe()
+        config = {
+            "status_fd": status_w,
+            "program": program,
+            "workdir": workdir,
+            "root": os.path.join(base, "root"),
+            "binds": binds,
+            "masks": masks,
+            "namespaces": isolation.namespaces,
+            "user_namespace": isolation.user_namespace,
+            "private_root": isolation.private_root,
+            "cgroup": cgroup,
+            "uid_base": _UID_BASE,
+            "cpu_s": max(1, int(-(-timeout // 1))),
+            "as_bytes": per_process_mb * 2**20,
+            "fsize_bytes": max_file_mb * 2**20,
+            # In a user namespace the supervisor and the monitor have the program's uid.
+            "nproc": processes + (2 if isolation.user_namespace else 0),
+            "nofile": max_open_files,
+            "tmp_bytes": max_disk_mb * 2**20,
+            "tmp_inodes": 4096,
         }
+        os.write(config_w, json.dumps(config).encode())
+        os.close(config_w)
+        argv = [isolation.python, "-I", "-S", "-c", _child_code(), str(config_r)]
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         try:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                cwd=workdir,
+                cwd=base,
                 env=env,
-                pass_fds=(in_r, out_w),
+                pass_fds=(config_r, status_w),
                 start_new_session=True,
             )
         except OSError as exc:
             return ProgramResult("error", None, "", "", False, 0.0, detail=f"cannot start: {exc}")
         finally:
-            os.close(in_r)
-            os.close(out_w)
-        streams, timed_out = _collect(proc, out_r, start + timeout, max_output_bytes, isolation)
-        os.close(out_r)
-        return _verdict(token, streams, timed_out, time.monotonic() - start)
+            os.close(config_r)
+            os.close(status_w)
+        streams: dict = {"status": b""}
+        try:
+            streams, timed_out = _collect(proc, status_r, start + timeout, max_output_bytes)
+        finally:
+            os.close(status_r)
+            _kill_all(proc, isolation, bytes(streams["status"]))
+        oom = cgroup is not None and _cgroup_oom_killed(cgroup)
+        return _verdict(streams, timed_out, oom, time.monotonic() - start)
     finally:
+        if cgroup is not None:
+            _remove_cgroup(cgroup)
         shutil.rmtree(base, ignore_errors=True)
 
 
 def _collect(
-    proc: subprocess.Popen, status_fd: int, deadline: float, cap: int, isolation: Isolation
+    proc: subprocess.Popen, status_fd: int, deadline: float, cap: int
 ) -> tuple[dict[str, bytearray | bool], bool]:
     """Read stdout, stderr and the status pipe until all close or the deadline passes."""
     kept: dict[str, bytearray | bool] = {
@@ -420,9 +844,13 @@ def _collect(
     selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
     selector.register(status_fd, selectors.EVENT_READ, "status")
     timed_out = False
+    grace = None
     try:
         while selector.get_map():
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if grace is not None and now > grace:
+                break
+            remaining = deadline - now
             if remaining <= 0:
                 timed_out = True
                 break
@@ -432,70 +860,79 @@ def _collect(
                     selector.unregister(key.fileobj)
                     continue
                 buf = kept[key.data]
-                room = cap - len(buf)
-                if room < len(chunk):
+                room = (1 << 20 if key.data == "status" else cap) - len(buf)
+                if room < len(chunk) and key.data != "status":
                     kept["truncated"] = True
                 buf += chunk[: max(room, 0)]
+            if grace is None and "status" not in [k.data for k in selector.get_map().values()]:
+                # The monitor has reported and gone; without a PID namespace, children
+                # the program left behind may hold stdout open: stop soon after.
+                grace = time.monotonic() + 0.5
     finally:
         selector.close()
-        _kill_all(proc, bytes(kept["status"]), isolation)
-        proc.stdout.close()
-        proc.stderr.close()
     return kept, timed_out
 
 
-def _kill_all(proc: subprocess.Popen, status: bytes, isolation: Isolation) -> None:
-    """Kill the session, and the program by pid in case it left the session.
+def _kill_all(proc: subprocess.Popen, isolation: Isolation, status: bytes) -> None:
+    """Kill the session, and without a PID namespace the program by pid too.
 
-    The session id is our unreaped child's pid, so it cannot have been reused. The
-    program's pid is only signalled while the supervisor has not reaped it (no ``W``
-    message) and only without a PID namespace (inside one, the pid is not a host pid;
-    the namespace dies with its first process anyway).
+    The session id is our unreaped child's pid, so it cannot have been reused. With a
+    PID namespace the monitor is its PID 1 and everything inside dies with it. Without
+    one, the program (which may have left the session) is signalled by pid only while
+    the monitor has not reaped it (no ``W`` line), so the pid cannot have been reused.
     """
-    lines = [line.split(b" ") for line in status.splitlines()]
-    reaped = any(parts[1:2] == [b"W"] for parts in lines)
+    lines = status.decode("utf-8", "replace").splitlines()
+    reaped = any(line.startswith("W ") for line in lines)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     if not reaped and not isolation.namespaces:
-        for parts in lines:
-            if parts[1:2] == [b"P"] and len(parts) > 2 and parts[2].isdigit():
+        for line in lines:
+            if line.startswith("P ") and line[2:].isdigit():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(parts[2]), signal.SIGKILL)
+                    os.kill(int(line[2:]), signal.SIGKILL)
     proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
 
 
-def _verdict(
-    token: bytes, streams: dict[str, bytearray | bool], timed_out: bool, duration: float
-) -> ProgramResult:
-    messages: dict[bytes, list[str]] = {}
-    for line in bytes(streams["status"]).splitlines():
-        parts = line.split(b" ", 2)
-        if len(parts) >= 2 and parts[0] == token:
-            value = parts[2].decode("utf-8", "replace") if len(parts) > 2 else ""
-            messages.setdefault(parts[1], []).append(value)
+def _verdict(streams: dict, timed_out: bool, oom: bool, duration: float) -> ProgramResult:
+    lines = bytes(streams["status"]).decode("utf-8", "replace").splitlines()
+    messages: dict[str, list[str]] = {}
+    for line in lines:
+        kind, _, value = line.partition(" ")
+        messages.setdefault(kind, []).append(value)
     out = bytes(streams["stdout"]).decode("utf-8", "replace")
     err = bytes(streams["stderr"]).decode("utf-8", "replace")
-    violations = tuple(messages.get(b"V", []))
+    violations = tuple(messages.get("V", []))
 
     def result(status: str, code: int | None, detail: str) -> ProgramResult:
         truncated = bool(streams["truncated"])
         return ProgramResult(status, code, out, err, truncated, duration, violations, detail)
 
+    if oom:
+        return result("failed", None, "memory limit reached (the cgroup's OOM killer)")
     if timed_out:
         return result("timeout", None, "wall-clock limit reached")
-    if b"W" not in messages:
-        return result("error", None, "the sandbox supervisor did not report")
-    wait_status = int(messages[b"W"][-1])
+    if "W" not in messages:
+        if "E" in messages:
+            return result("error", None, f"sandbox set-up failed: {messages['E'][-1]}")
+        return result("error", None, "the sandbox monitor did not report")
+    status_text, _, done = messages["W"][-1].partition(" ")
+    wait_status = int(status_text)
     if os.WIFSIGNALED(wait_status):
         sig = os.WTERMSIG(wait_status)
         if sig in (signal.SIGXCPU, signal.SIGKILL):
             return result("timeout", -sig, f"CPU limit ({signal.Signals(sig).name})")
         return result("error", -sig, f"killed by {signal.Signals(sig).name}")
     code = os.waitstatus_to_exitcode(wait_status)
+    if done == "x":
+        return result("error", code, "forged completion message")
     if violations:
         return result("error", code, f"forbidden operation: {violations[0]}")
-    if code == 0 and b"D" in messages:
+    if code == 0 and done == "1":
         return result("passed", 0, "")
     if code == 0:
         return result("failed", 0, "exited before the end of the program")
+    if code == 71:
+        return result("error", code, "sandbox set-up failed in the program process")
     return result("failed", code, f"exit code {code}")
