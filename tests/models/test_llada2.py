@@ -233,3 +233,18 @@ def test_bare_decoder_and_router_buffers_load(hub_dirs):
         torch.testing.assert_close(
             lm.lm_head(hidden), lm(ids, attention_mask=valid).logits, atol=0, rtol=0
         )
+
+
+def test_moe_blocks_become_zero3_leaves_before_the_engine():
+    from deepspeed.utils import z3_leaf_module
+
+    from tide_lightning.models.llada2 import LLaDA2MoeConfig, LLaDA2MoeForCausalLM, SparseMoeBlock
+    from tide_lightning.models.sharding import mark_zero3_leaves
+
+    model = LLaDA2MoeForCausalLM(LLaDA2MoeConfig(**fx.config("small")))
+    assert mark_zero3_leaves(model) == [SparseMoeBlock]
+    blocks = [m for m in model.modules() if isinstance(m, SparseMoeBlock)]
+    assert len(blocks) == 2 and all(z3_leaf_module(b) for b in blocks)
+    assert not any(z3_leaf_module(m) for m in model.modules() if not isinstance(m, SparseMoeBlock))
+    dense = LLaDA2MoeForCausalLM(LLaDA2MoeConfig(**{**fx.config("small"), "num_experts": None}))
+    assert mark_zero3_leaves(dense) == []

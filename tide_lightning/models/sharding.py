@@ -176,6 +176,30 @@ class LockstepGuard:
         self.calls = 0
 
 
+def mark_zero3_leaves(module: nn.Module) -> list[type]:
+    """Have ZeRO-3 gather each mixture-of-experts block whole, on every rank alike.
+
+    ZeRO-3 fetches a submodule's parameters when its forward starts. An MoE block runs
+    only the experts its tokens chose, so ranks with different tokens would fetch
+    different parameters and their collectives stop matching (gloo aborts with
+    "Received data size doesn't match expected size"; NCCL hangs). A leaf module
+    (``deepspeed.utils.set_z3_leaf_modules``) is fetched whole on entry. A model names
+    such classes in its ``zero3_leaf_classes`` (LLaDA2-MoE: its ``SparseMoeBlock``);
+    must run before the engine is built.
+
+    Returns:
+        The classes marked (present in ``module`` and declared by a model in it).
+    """
+    from deepspeed.utils import set_z3_leaf_modules
+
+    present = {type(m) for m in module.modules()}
+    declared = [c for m in module.modules() for c in getattr(m, "zero3_leaf_classes", ())]
+    classes = [c for c in dict.fromkeys(declared) if c in present]
+    if classes:
+        set_z3_leaf_modules(module, classes)
+    return classes
+
+
 def zero3_engine(module: nn.Module, config: dict):
     """A ZeRO-3 inference engine (no optimizer) around ``module``; collective.
 
@@ -192,6 +216,7 @@ def zero3_engine(module: nn.Module, config: dict):
     import deepspeed
 
     ensure_distributed()
+    mark_zero3_leaves(module)
     if not is_partitioned(module):
         deepspeed.zero.Init(module=module, config_dict_or_path=config)
     engine, *_ = deepspeed.initialize(model=module, config=config)

@@ -275,6 +275,8 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
+    # Run only for the experts chosen: ZeRO-3 must gather them whole (sharding.mark_zero3_leaves).
+    zero3_leaf_classes = (SparseMoeBlock,)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
