@@ -142,9 +142,28 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
 # --- commands ----------------------------------------------------------------------------
 
 
+def check_overrides(overrides: list[str]) -> None:
+    """Every override must be ``key=value``: ``trainer.max_steps 5`` names the fix.
+
+    Raises:
+        UserError: an override without ``=``.
+    """
+    for index, item in enumerate(overrides):
+        if "=" in item:
+            continue
+        following = overrides[index + 1] if index + 1 < len(overrides) else None
+        hint = item if following is None or "=" in following else f"{item}={following}"
+        if "=" not in hint:
+            hint = f"{item}=VALUE"
+        raise UserError(
+            f"override {item!r} has no '=': write key=value with no spaces, e.g. {hint}"
+        )
+
+
 def _load_config(args: argparse.Namespace):
     from tide_lightning.config import load_config
 
+    check_overrides(args.overrides)
     return load_config(args.config, args.overrides)
 
 

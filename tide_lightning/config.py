@@ -319,6 +319,8 @@ class TrainerConfig:
     """Cap on validation batches (>= 0); None: data.val_batches."""
     enable_progress_bar: bool = True
     """Lightning's progress bar on stdout."""
+    keep_last: int = 3
+    """Step checkpoints kept (the newest ones), plus last.ckpt; -1 keeps every one."""
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.max_steps is None):
@@ -346,6 +348,8 @@ class TrainerConfig:
         require(g >= 0, "trainer.gradient_clip_val", ">= 0", g)
         v = self.limit_val_batches
         require(v is None or v >= 0, "trainer.limit_val_batches", ">= 0 (or null)", v)
+        k = self.keep_last
+        require(k >= 1 or k == -1, "trainer.keep_last", ">= 1 or -1 (keep all)", k)
 
 
 @dataclass

@@ -153,3 +153,27 @@ def test_deepspeed_zero3_checkpoint_directory_is_consolidated(tmp_path, small_bp
     loaded = load_any(ds_dir, dtype=torch.float32)
     assert loaded.block_size == 8
     assert torch.equal(sample(loaded.student, loaded.tokenizer), sample(student, small_bpe))
+
+
+def test_export_is_world_readable_and_works_from_any_folder(tmp_path, small_bpe, monkeypatch):
+    import os
+    import stat
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _, checkpoint = make_run(run, small_bpe)
+    # as training stores it: a tokenizer directory given by absolute path in config.yaml
+    (run / "student_tokenizer").rename(tmp_path / "tok")
+    (run / "config.yaml").write_text(f"student:\n  tokenizer:\n    source: {tmp_path / 'tok'}\n")
+    torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    os.umask(0o077)  # even under a strict umask, the export is for everyone to read
+    try:
+        out = export_checkpoint(run / "checkpoints" / "last.ckpt", "export")
+    finally:
+        os.umask(0o022)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in Path(out).iterdir()}
+    assert modes["model.safetensors"] == 0o644 and modes["config.json"] == 0o644
+    assert set(modes.values()) == {0o644}

@@ -256,7 +256,19 @@ def export_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     student.model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
+    make_world_readable(out_dir)
     return out_dir
+
+
+def make_world_readable(directory: Path) -> None:
+    """Files 0644 and folders 0755 below ``directory``.
+
+    safetensors writes ``model.safetensors`` through a private temporary file (mode 0600),
+    which would keep an exported model from the other users of a shared cluster.
+    """
+    directory.chmod(0o755)
+    for path in directory.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def load_any(

@@ -18,7 +18,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from tide_lightning.config import ConfigError, RunConfig, TokenizerConfig
@@ -34,9 +33,10 @@ from tide_lightning.models import build_student, load_student
 from tide_lightning.models.frozen import FrozenTeacher, setup_teacher
 from tide_lightning.models.quantization import refuse_four_bit
 from tide_lightning.models.teachers import build_tiny_moe_teacher, resolve_mask_id
-from tide_lightning.training.callbacks import DataSkipLogger
+from tide_lightning.training.callbacks import DataSkipLogger, console_callbacks
 from tide_lightning.training.module import DistillationModule
 from tide_lightning.training.preemption import PreemptionCheckpoint
+from tide_lightning.training.tensorboard import RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,7 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
         total_steps=total_steps,
         seed=config.seed,
         teacher_factory=factory,
+        teacher_label=teacher_label(config),
     )
     trainer = build_trainer(config, callbacks, max_steps=total_steps)
     return Run(config, module, datamodule, trainer, student_tok, teacher_tok)
@@ -330,7 +331,11 @@ def build_trainer(
         filename="step{step:07d}",
         auto_insert_metric_name=False,
         every_n_train_steps=tr.checkpoint_every_n_steps,
-        save_top_k=-1,
+        # keep_last newest step checkpoints ("step" is always among Lightning's monitor
+        # candidates), plus last.ckpt.
+        save_top_k=tr.keep_last,
+        monitor=None if tr.keep_last == -1 else "step",
+        mode="max",
         save_last=True,
         enable_version_counter=False,  # a preemption's last.ckpt is overwritten, not last-v1
     )
@@ -348,11 +353,15 @@ def build_trainer(
         limit_val_batches=tr.limit_val_batches,
         log_every_n_steps=tr.log_every_n_steps,
         enable_progress_bar=tr.enable_progress_bar,
-        logger=TensorBoardLogger(config.run_dir, name="tensorboard", version=""),
+        logger=RunLogger(config.run_dir),
+        # Our own parameter count goes in fit's opening line; Lightning's table adds a
+        # FLOPs column that reads 0 for these models.
+        enable_model_summary=False,
         callbacks=[
             checkpoints,
             LearningRateMonitor("step"),
             DataSkipLogger(),
+            *console_callbacks(tr.enable_progress_bar),
             PreemptionCheckpoint(Path(config.run_dir) / "checkpoints" / "last.ckpt"),
             *(callbacks or []),
         ],
@@ -363,6 +372,14 @@ def build_trainer(
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
     )
+
+
+def teacher_label(config: RunConfig) -> str:
+    """How figures name the teacher: its kind and checkpoint folder."""
+    t = config.teacher
+    if t is None or config.objective.variant == "ce":
+        return "no teacher"
+    return f"{t.kind} teacher {Path(t.path).name}" if t.path else f"random {t.kind} teacher"
 
 
 def resume_path(config: RunConfig) -> str | None:

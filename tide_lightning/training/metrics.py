@@ -8,7 +8,10 @@ from torchmetrics import Metric
 
 
 class BinnedMean(Metric):
-    """Mean of a value in equal-width bins of ``t`` in ``[0, 1]`` (e.g. KL versus t).
+    """Mean, spread and count of a value in equal-width bins of ``t`` in ``[0, 1]``.
+
+    Used for the KL-versus-t curve: sums, sums of squares and counts are summed over
+    ranks, so the mean and standard deviation are those of all ranks' values.
 
     Args:
         num_bins: number of bins (10 in the validation curves).
@@ -19,22 +22,46 @@ class BinnedMean(Metric):
     def __init__(self, num_bins: int = 10) -> None:
         super().__init__()
         self.num_bins = num_bins
-        self.add_state(
-            "total", default=torch.zeros(num_bins, dtype=torch.float64), dist_reduce_fx="sum"
-        )
-        self.add_state(
-            "count", default=torch.zeros(num_bins, dtype=torch.float64), dist_reduce_fx="sum"
-        )
+        for name in ("total", "total_sq", "count"):
+            self.add_state(
+                name, default=torch.zeros(num_bins, dtype=torch.float64), dist_reduce_fx="sum"
+            )
 
     def update(self, values: Tensor, t: Tensor) -> None:
         """Add Float[N] ``values`` observed at times Float[N] ``t``."""
         index = (t.float() * self.num_bins).long().clamp(0, self.num_bins - 1)
-        self.total.index_add_(0, index, values.double())
-        self.count.index_add_(0, index, torch.ones_like(values, dtype=torch.float64))
+        values = values.double()
+        self.total.index_add_(0, index, values)
+        self.total_sq.index_add_(0, index, values * values)
+        self.count.index_add_(0, index, torch.ones_like(values))
 
     def compute(self) -> Tensor:
         """Float[num_bins] means; NaN for empty bins."""
         return (self.total / self.count).float()
 
+    def std(self) -> Tensor:
+        """Float[num_bins] population standard deviations; NaN for empty bins."""
+        mean = self.total / self.count
+        return (self.total_sq / self.count - mean * mean).clamp_min(0).sqrt().float()
+
+    def counts(self) -> Tensor:
+        """Int64[num_bins] number of values per bin."""
+        return self.count.long()
+
     def centers(self) -> Tensor:
+        """Float[num_bins] bin midpoints."""
         return (torch.arange(self.num_bins) + 0.5) / self.num_bins
+
+    def edges(self) -> Tensor:
+        """Float[num_bins + 1] bin boundaries, 0 to 1."""
+        return torch.linspace(0, 1, self.num_bins + 1)
+
+
+def bin_names(num_bins: int, prefix: str = "val_kl_by_t") -> list[str]:
+    """Scalar tags naming each bin by its t range: ``val_kl_by_t/t_0.0-0.1``, ..."""
+
+    def edge(i: int) -> str:
+        text = f"{i / num_bins:.3f}".rstrip("0")
+        return text + "0" if text.endswith(".") else text
+
+    return [f"{prefix}/t_{edge(i)}-{edge(i + 1)}" for i in range(num_bins)]

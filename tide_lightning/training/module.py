@@ -15,6 +15,7 @@ import os
 import time
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
@@ -24,7 +25,10 @@ from tide_lightning.method.objective import ObjectiveConfig, StepOutput, distill
 from tide_lightning.method.schedules import lambda_train
 from tide_lightning.models.frozen import FrozenTeacher
 from tide_lightning.training import plots
-from tide_lightning.training.metrics import BinnedMean
+from tide_lightning.training.metrics import BinnedMean, bin_names
+from tide_lightning.training.tensorboard import RunLogger
+
+NUM_T_BINS = 10
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> float:
@@ -52,6 +56,7 @@ class DistillationModule(L.LightningModule):
         val_seed: base seed of validation's fixed masks.
         teacher_factory: a callable returning a :class:`FrozenTeacher`, called in ``setup``
             (after the process group exists, so it can be sharded) when ``teacher`` is None.
+        teacher_label: how figures name the teacher (e.g. its checkpoint folder).
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class DistillationModule(L.LightningModule):
         seed: int = 0,
         val_seed: int = 1234,
         teacher_factory=None,
+        teacher_label: str = "teacher",
     ) -> None:
         super().__init__()
         self.student = student
@@ -77,15 +83,28 @@ class DistillationModule(L.LightningModule):
         self.objective = objective.resolved(pipeline)
         self.optim, self.pipeline, self.total_steps = optim, pipeline, total_steps
         self.seed, self.val_seed = seed, val_seed
+        self.teacher_label = teacher_label
         self.save_hyperparameters(
-            {"objective": dataclasses.asdict(objective), "optim": dataclasses.asdict(optim)}
+            {
+                "objective": dataclasses.asdict(objective),
+                "optim": dataclasses.asdict(optim),
+                "seed": seed,
+                "teacher": teacher_label,
+            }
         )
         self.val_ce = MeanMetric()
         self.val_kl = MeanMetric()
         self.val_chunk_kl = MeanMetric()
-        self.val_kl_by_t = BinnedMean(10)
+        self.val_kl_by_t = BinnedMean(NUM_T_BINS)
         self.bad_steps = 0
         self._step_started = None
+        self._loaded_step: int | None = None
+        # (step, per-bin mean KL) of every validation so far: the KL-vs-t figure overlays
+        # them; saved in checkpoints so a resumed run keeps drawing the whole history.
+        self.kl_history: list[tuple[int, list[float]]] = []
+        # This rank's trained tokens and step time, for the closing summary's tokens/s.
+        self.tokens_trained = 0
+        self.train_seconds = 0.0
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -95,8 +114,24 @@ class DistillationModule(L.LightningModule):
         return gen
 
     @property
+    def log_step(self) -> int:
+        """Optimizer steps behind the current weights: the global step while training,
+        the loaded checkpoint's step when a checkpoint is validated on its own (where
+        Lightning's global step is 0). Scalars and images of a validation use it."""
+        if self._loaded_step is not None and self.global_step == 0:
+            return self._loaded_step
+        return self.global_step
+
+    @property
     def progress(self) -> float:
-        return min(self.global_step / max(self.total_steps, 1), 1.0)
+        return min(self.log_step / max(self.total_steps, 1), 1.0)
+
+    @property
+    def val_metric_names(self) -> tuple[str, ...]:
+        """The validation scalars this variant logs (what the HParams view compares)."""
+        level = self.objective.spec.level
+        extra = {"token": ("val/kl_to_teacher",), "chunk": ("val/chunk_kl",)}.get(level, ())
+        return ("val/ce", *extra)
 
     def _teacher_to_device(self) -> None:
         if self.teacher is not None:
@@ -123,6 +158,8 @@ class DistillationModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._teacher_to_device()
+        if isinstance(self.logger, RunLogger):  # read by log_hyperparams, which runs next
+            self.logger.metric_names = self.val_metric_names
 
     def on_validation_start(self) -> None:
         self._teacher_to_device()
@@ -145,22 +182,28 @@ class DistillationModule(L.LightningModule):
             else batch["input_ids"].numel()
         )
         elapsed = time.perf_counter() - (self._step_started or time.perf_counter())
-        logs = {
-            "train/loss": out.loss,
-            "train/ce": out.ce,
-            "train/distill": out.distill,
-            "train/lambda_train": self._lambda_train(),
-            "train/lambda_t_mean": out.lambda_t_mean,
-            "train/mask_rate": out.mask_rate,
-            "train/tokens_per_s": float(tokens) / max(elapsed, 1e-9),
-        }
+        self.tokens_trained += int(tokens)
+        self.train_seconds += elapsed
+        spec = self.objective.spec
+        # Only the charts of terms this variant has: no distill/lambda for ce.
+        logs = {"train/loss": out.loss, "train/ce": out.ce}
+        if spec.needs_teacher:
+            logs["train/distill"] = out.distill
+        if spec.uses_tidal:
+            logs["train/lambda_train"] = self._lambda_train()
+            logs["train/lambda_t_mean"] = out.lambda_t_mean
+        logs["train/mask_rate"] = out.mask_rate
+        logs["train/tokens_per_s"] = float(tokens) / max(elapsed, 1e-9)
         if out.kl_to_teacher is not None and out.kl_to_teacher.numel():
             logs["train/kl_to_teacher"] = out.kl_to_teacher.mean()
         if out.chunk_kl is not None and out.chunk_kl.numel():
             logs["train/chunk_kl"] = out.chunk_kl.mean()
         self.log_dict(logs, on_step=True, batch_size=batch["input_ids"].shape[0])
+        bar = {"loss": out.loss, "ce": out.ce}
+        if spec.needs_teacher:
+            bar["distill"] = out.distill
         self.log_dict(
-            {"loss": out.loss, "ce": out.ce, "distill": out.distill},
+            bar,
             prog_bar=True,
             logger=False,
             batch_size=batch["input_ids"].shape[0],
@@ -184,43 +227,76 @@ class DistillationModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self._run(batch, self._generator(self.val_seed, batch_idx))
+        # Metric objects are logged as such: Lightning reduces them over all ranks at the
+        # epoch's end (torchmetrics' own sync) and resets them. logger=False: the
+        # TensorBoard scalars are written in on_validation_epoch_end, at log_step.
+        epoch = {"on_step": False, "on_epoch": True, "logger": False}
+        epoch["batch_size"] = batch["input_ids"].shape[0]
         self.val_ce.update(out.ce)
+        self.log("val/ce", self.val_ce, prog_bar=True, **epoch)
         if out.kl_to_teacher is not None and out.kl_to_teacher.numel():
             self.val_kl.update(out.kl_to_teacher)
             self.val_kl_by_t.update(out.kl_to_teacher, out.kl_t)
+            self.log("val/kl_to_teacher", self.val_kl, **epoch)
         if out.chunk_kl is not None and out.chunk_kl.numel():
             self.val_chunk_kl.update(out.chunk_kl)
             self.val_kl_by_t.update(out.chunk_kl, out.kl_t)
+            self.log("val/chunk_kl", self.val_chunk_kl, **epoch)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/ce", self.val_ce.compute(), prog_bar=True, sync_dist=False)
-        self.val_ce.reset()
+        # Lightning would write epoch-level scalars at its loop counter, one step behind
+        # the weights during fit and 0 when a checkpoint is validated on its own; they are
+        # written here at log_step, the step of the images too. Every compute() below
+        # reduces over all ranks (torchmetrics states, sum), so all ranks call it.
+        step = self.log_step
+        scalars = {}
         for name, metric in (
+            ("val/ce", self.val_ce),
             ("val/kl_to_teacher", self.val_kl),
             ("val/chunk_kl", self.val_chunk_kl),
         ):
             if metric.update_count:
-                self.log(name, metric.compute())
-            metric.reset()
-        curve = self.val_kl_by_t.compute().cpu()
-        self.val_kl_by_t.reset()
-        for i, value in enumerate(curve.tolist()):
+                scalars[name] = float(metric.compute())
+        binned = self.val_kl_by_t
+        if not binned.update_count:  # a ce run without a teacher: no KL curve
+            self._log_scalars(scalars, step)
+            return
+        curve, std, counts = binned.compute().cpu(), binned.std().cpu(), binned.counts().cpu()
+        binned.reset()
+        for name, value in zip(bin_names(len(curve)), curve.tolist(), strict=True):
             if math.isfinite(value):
-                self.log(f"val_kl_by_t/bin_{i}", value)
-        self._log_pictures(curve)
+                scalars[name] = value
+        self._log_scalars(scalars, step)
+        if torch.isfinite(curve).any():
+            self.kl_history = [h for h in self.kl_history if h[0] != step]
+            self.kl_history.append((step, curve.tolist()))
+        self._log_pictures(step, std, counts)
 
-    def _log_pictures(self, curve: Tensor) -> None:
+    def _log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        if self.global_rank == 0 and self.logger is not None and scalars:
+            self.logger.log_metrics(scalars, step=step)
+
+    def _log_pictures(self, step: int, std: Tensor, counts: Tensor) -> None:
         writer = getattr(self.logger, "experiment", None)
         if self.global_rank != 0 or not hasattr(writer, "add_image"):
             return
         o = self.objective
-        heat = plots.trust_heatmap(
-            self.progress, o.lambda_init, o.lambda_max, o.lambda_shape, o.tidal_axis
-        )
-        writer.add_image("tidal/trust_heatmap", heat, self.global_step, dataformats="HWC")
-        if torch.isfinite(curve).any():
-            picture = plots.kl_curve(self.val_kl_by_t.centers().numpy(), curve.numpy())
-            writer.add_image("val/kl_vs_t", picture, self.global_step, dataformats="HWC")
+        if o.spec.uses_tidal:
+            heat = plots.trust_heatmap(
+                self.progress, o.lambda_init, o.lambda_max, o.lambda_shape, o.tidal_axis
+            )
+            writer.add_image("tidal/trust_heatmap", heat, step, dataformats="HWC")
+        if self.kl_history and self.kl_history[-1][0] == step:
+            quantity = "chunk KL" if o.spec.level == "chunk" else "token KL"
+            picture = plots.kl_curve(
+                self.val_kl_by_t.centers().numpy(),
+                [(s, np.asarray(v, dtype=float)) for s, v in self.kl_history],
+                std.numpy(),
+                counts.numpy(),
+                quantity=quantity,
+                teacher=self.teacher_label,
+            )
+            writer.add_image("val/kl_vs_t", picture, step, dataformats="HWC")
 
     def configure_optimizers(self):
         o = self.optim
@@ -239,3 +315,10 @@ class DistillationModule(L.LightningModule):
         if config is not None:
             checkpoint["student_hf_config"] = config.to_dict()
         checkpoint["student_mask_token_id"] = self.student.mask_token_id
+        checkpoint["kl_history"] = self.kl_history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called by fit (resume) and by validate/test: the latter do not restore the
+        # global step, so the checkpoint's own step is kept for the logs.
+        self._loaded_step = int(checkpoint.get("global_step", 0))
+        self.kl_history = [(int(s), list(v)) for s, v in checkpoint.get("kl_history", [])]

@@ -56,20 +56,66 @@ def trust_heatmap(
 
 
 def kl_curve(
-    centers: np.ndarray, values: np.ndarray, title: str = "KL to teacher vs t"
+    centers: np.ndarray,
+    history: list[tuple[int, np.ndarray]],
+    std: np.ndarray,
+    counts: np.ndarray,
+    quantity: str = "token KL",
+    teacher: str = "teacher",
 ) -> np.ndarray:
-    """Line plot of a per-t-bin curve (empty bins are skipped)."""
+    """KL to the teacher per t-bin: every validation so far, the latest with its spread.
+
+    Args:
+        centers: Float[B] bin midpoints in ``[0, 1]``.
+        history: ``(step, Float[B] mean per bin)`` of each validation so far, oldest
+            first; the last one is the current validation. Empty bins are NaN (skipped).
+        std: Float[B] standard deviation per bin of the current validation.
+        counts: Int[B] values per bin of the current validation (masked tokens or chunks).
+        quantity: what was averaged (``"token KL"`` or ``"chunk KL"``).
+        teacher: which teacher, for the title.
+
+    Returns:
+        ``[H, W, 3]`` uint8 image; the y axis starts at 0.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keep = np.isfinite(values)
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=80)
-    ax.plot(centers[keep], values[keep], marker="o")
-    ax.set_xlabel("diffusion time t")
-    ax.set_ylabel("KL")
+    fig, (ax, bars) = plt.subplots(
+        2, 1, figsize=(6, 5), dpi=80, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    for index, (step, values) in enumerate(history):
+        keep = np.isfinite(values)
+        latest = index == len(history) - 1
+        ax.plot(
+            centers[keep],
+            values[keep],
+            marker="o" if latest else None,
+            linewidth=2 if latest else 1,
+            alpha=1.0 if latest else 0.25 + 0.5 * index / max(len(history) - 1, 1),
+            color="C0" if latest else "gray",
+            label=f"step {step}" if latest or index == 0 else None,
+        )
+    if history:
+        values = history[-1][1]
+        keep = np.isfinite(values) & np.isfinite(std)
+        ax.fill_between(
+            centers[keep],
+            np.clip(values[keep] - std[keep], 0, None),
+            values[keep] + std[keep],
+            color="C0",
+            alpha=0.2,
+            label="+-1 std (latest)",
+        )
+    ax.set_ylim(bottom=0)
     ax.set_xlim(0, 1)
-    ax.set_title(title)
+    ax.set_ylabel(f"mean {quantity} (nats)")
+    ax.set_title(f"{quantity} to {teacher} vs diffusion time t")
     ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    width = 1.0 / max(len(centers), 1)
+    bars.bar(centers, counts, width=0.9 * width, color="C1")
+    bars.set_ylabel(f"{quantity.split()[0]}s")  # what each bin averaged over
+    bars.set_xlabel("diffusion time t (mask rate)")
     return _render(fig)
