@@ -168,8 +168,12 @@ def test_load_round_trip_and_failures(tmp_path):
         load_adapter("tiny_moe", tmp_path / "missing")
     with pytest.raises(UserError, match="mask id 999"):
         load_adapter("tiny_moe", tmp_path / "t", mask_token_id=999)
+    no_mask = json.loads((tmp_path / "t" / "config.json").read_text())
+    del no_mask["mask_token_id"]
+    (tmp_path / "no_mask").mkdir()
+    (tmp_path / "no_mask" / "config.json").write_text(json.dumps(no_mask))
     with pytest.raises(UserError, match="mask id 156895 is outside its vocabulary of 64"):
-        load_adapter("llada2", tmp_path / "t")
+        load_adapter("llada2", tmp_path / "no_mask")  # the registry's id, config.json has none
     with pytest.raises(UserError, match="never runs remote code"):
         load_adapter("wedlm", tmp_path / "t", trust_remote_code=True)
     teacher.save_pretrained(tmp_path / "big_tok", tokenizer=tiny_tokenizer(80))

@@ -124,15 +124,17 @@ def resolve_mask_id(
 ) -> int:
     """The teacher's mask id, decided here and nowhere else.
 
-    In this order: ``override`` (``teacher.mask_token_id``), the kind's registry entry,
-    ``mask_token_id`` in the checkpoint's ``config.json``, the tokenizer's mask token.
+    In this order: ``override`` (``teacher.mask_token_id``), ``mask_token_id`` in the
+    checkpoint's ``config.json`` (the checkpoint knows best), the kind's registry entry
+    (LLaDA2's config.json has none), the tokenizer's mask token.
 
     Raises:
         UserError: none of them gives one.
     """
-    candidates = [override, teacher_kind(kind).mask_token_id]
+    candidates = [override]
     if path is not None and (Path(path) / "config.json").is_file():
         candidates.append(json.loads((Path(path) / "config.json").read_text()).get("mask_token_id"))
+    candidates.append(teacher_kind(kind).mask_token_id)
     if tokenizer is not None:
         candidates.append(tokenizer.mask_token_id)
     for candidate in candidates:
