@@ -158,6 +158,9 @@ def lm_eval_runner(include_path: str | None = None) -> Runner:
             num_fewshot=task.num_fewshot,
             limit=limit,
             apply_chat_template=True,
+            # The published command line passes no --fewshot_as_multiturn: the BBH
+            # examples go into the one user turn, as lm-eval's CLI does by default.
+            fewshot_as_multiturn=False,
             task_manager=manager,
             confirm_run_unsafe_code=task.unsafe_code,
         )
