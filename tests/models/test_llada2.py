@@ -248,3 +248,15 @@ def test_moe_blocks_become_zero3_leaves_before_the_engine():
     assert not any(z3_leaf_module(m) for m in model.modules() if not isinstance(m, SparseMoeBlock))
     dense = LLaDA2MoeForCausalLM(LLaDA2MoeConfig(**{**fx.config("small"), "num_experts": None}))
     assert mark_zero3_leaves(dense) == []
+
+
+def test_public_load_teacher_gives_the_reference_logits(hub_dirs):
+    from tide_lightning import load_teacher
+
+    teacher = load_teacher(hub_dirs["vocab"], "llada2", "float32")
+    want = load_file(FIXTURES / "llada2_vocab_expected.safetensors")
+    ids, valid = want["input_ids"], want["valid"]
+    at = (ids == fx.MASK_ID) & valid
+    assert teacher.mask_token_id == fx.MASK_ID and at.sum() > 3
+    got = teacher.logits(ids, at, attention_mask=valid)
+    torch.testing.assert_close(got[:, want["columns"]], want["logits_fp32"][at], atol=2e-4, rtol=0)
