@@ -185,3 +185,36 @@ def test_suite_model_decodes_the_published_length(monkeypatch):
          "chat": False}
     ]  # fmt: skip
     assert calls == [None]  # the task's max_gen_toks (64) does not override the 3 tokens
+
+
+def test_lm_eval_runner_passes_the_published_settings(monkeypatch):
+    import sys
+    import types
+
+    seen = {}
+
+    def simple_evaluate(**kwargs):
+        seen.update(kwargs)
+        return {
+            "results": {"bbh": {"alias": "bbh", "exact_match,get-answer": 0.25}},
+            "groups": {"bbh": {"exact_match,get-answer": 0.3, "exact_match_stderr,get-answer": 1}},
+        }
+
+    class TaskManager:
+        def __init__(self, include_path=None):
+            seen["include_path"] = include_path
+
+    monkeypatch.setitem(
+        sys.modules, "lm_eval.evaluator", types.SimpleNamespace(simple_evaluate=simple_evaluate)
+    )
+    monkeypatch.setitem(
+        sys.modules, "lm_eval.tasks", types.SimpleNamespace(TaskManager=TaskManager)
+    )
+    bbh = next(t for t in PAPER_TASKS if t.task == "bbh")
+    scores = paper_suite.lm_eval_runner("/tasks/fork")(bbh, "LM", 2)
+    assert seen["tasks"] == ["bbh"] and seen["num_fewshot"] == 3 and seen["limit"] == 2
+    assert seen["apply_chat_template"] is True and seen["fewshot_as_multiturn"] is False
+    assert seen["confirm_run_unsafe_code"] is False and seen["model"] == "LM"
+    assert seen["include_path"] == "/tasks/fork"
+    # The task-level entry wins over the group aggregate of the same name; strings dropped.
+    assert paper_suite.pick_metric(bbh, scores) == ("exact_match,get-answer", 0.25)
