@@ -49,17 +49,27 @@ class PositionAlignment:
     pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
 
 
-def _content_tokens(ids, offsets, region) -> dict[tuple[int, int, int, int], int]:
-    """Tokens lying inside one content, keyed by (start, end, id, repeat) relative to it."""
+def _content_tokens(
+    ids: np.ndarray, offsets: np.ndarray, region: tuple[int, int, int]
+) -> dict[tuple[int, int, int, int], int]:
+    """Tokens lying inside one content, keyed by (start, end, id, repeat) relative to it.
+
+    Args:
+        ids: int64[N] token ids of the rendering.
+        offsets: int64[N, 2] character offsets of the tokens.
+        region: the content's ``(start, end, tail_end)`` characters.
+    """
     start, end = region[0], region[1]
+    a, b = offsets[:, 0], offsets[:, 1]
+    inside = np.flatnonzero((a >= start) & (b <= end) & (a < b))
     out: dict[tuple[int, int, int, int], int] = {}
     seen: defaultdict[tuple[int, int, int], int] = defaultdict(int)
-    for pos, (tok_id, (a, b)) in enumerate(zip(ids, offsets, strict=True)):
-        if a >= start and b <= end and a < b:
-            key = (a - start, b - start, tok_id)
-            # Byte-level pieces of one character share its offsets: count repeats.
-            out[(*key, seen[key])] = pos
-            seen[key] += 1
+    lows, highs = (a[inside] - start).tolist(), (b[inside] - start).tolist()
+    for pos, lo, hi in zip(inside.tolist(), lows, highs, strict=True):
+        key = (lo, hi, int(ids[pos]))
+        # Byte-level pieces of one character share its offsets: count repeats.
+        out[(*key, seen[key])] = pos
+        seen[key] += 1
     return out
 
 
@@ -83,20 +93,22 @@ def align_positions(
     t_text, t_regions = content_regions(teacher_tokenizer, messages)
     s_enc = student_tokenizer.backend_tokenizer.encode(s_text, add_special_tokens=False)
     t_enc = teacher_tokenizer.backend_tokenizer.encode(t_text, add_special_tokens=False)
+    s_ids, t_ids = np.asarray(s_enc.ids, dtype=np.int64), np.asarray(t_enc.ids, dtype=np.int64)
+    s_off = np.asarray(s_enc.offsets, dtype=np.int64).reshape(-1, 2)
+    t_off = np.asarray(t_enc.offsets, dtype=np.int64).reshape(-1, 2)
     rows: list[tuple[int, int]] = []
     for m, sr, tr in zip(messages, s_regions, t_regions, strict=True):
         if m["role"] != "assistant" or sr[0] < 0 or tr[0] < 0:
             continue
         if s_text[sr[0] : sr[1]] != t_text[tr[0] : tr[1]]:
             continue  # a template rewrote this content on one side only
-        s_tok = _content_tokens(s_enc.ids, s_enc.offsets, sr)
-        t_tok = _content_tokens(t_enc.ids, t_enc.offsets, tr)
+        s_tok = _content_tokens(s_ids, s_off, sr)
+        t_tok = _content_tokens(t_ids, t_off, tr)
         rows += sorted((s_tok[k], t_tok[k]) for k in s_tok.keys() & t_tok.keys())
     pairs = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
-    starts = np.asarray(s_enc.offsets, dtype=np.int64).reshape(-1, 2)[:, 0]
     roles = [m["role"] for m in messages]
-    answer = response_flags(starts, s_regions, supervised_turns(roles, supervision))
-    return PositionAlignment(list(s_enc.ids), list(t_enc.ids), answer.tolist(), pairs)
+    answer = response_flags(s_off[:, 0], s_regions, supervised_turns(roles, supervision))
+    return PositionAlignment(s_ids.tolist(), t_ids.tolist(), answer.tolist(), pairs)
 
 
 def cut_pairs(pairs: np.ndarray, student_len: int, teacher_len: int) -> tuple[np.ndarray, int]:
