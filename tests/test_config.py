@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -168,10 +170,13 @@ def test_every_field_of_every_group_has_a_docstring():
 def test_declared_choices_match_the_registries():
     from lightning.fabric.connector import _PRECISION_INPUT_STR
 
+    from tide_lightning.data.examples import TEACHER_VIEWS
+    from tide_lightning.data.mixing import MIXING_MODES
     from tide_lightning.models.student import resolve_attention
     from tide_lightning.models.teachers import TEACHER_KINDS
 
     assert set(cfg.TEACHER_KINDS) == set(TEACHER_KINDS)
+    assert cfg.MIXING_MODES == MIXING_MODES and cfg.TEACHER_VIEWS == TEACHER_VIEWS
     assert set(cfg.PRECISIONS) <= set(typing.get_args(_PRECISION_INPUT_STR))
     for attention in cfg.ATTENTION:
         try:
@@ -194,3 +199,15 @@ def test_sources_are_the_data_packages_source_spec():
         load_config(CONF / "tiny.yaml", ["data.sources=[{kind: csv, path: x}]"])
     with pytest.raises(ConfigError, match="data source x: weight must be > 0, got 0"):
         load_config(CONF / "tiny.yaml", ["data.sources=[{kind: jsonl, path: x, weight: 0}]"])
+
+
+def test_loading_a_config_imports_neither_lightning_nor_transformers():
+    code = (
+        "import sys; from tide_lightning.config import load_config; "
+        "load_config('conf/tiny.yaml', ['objective.variant=kl']); "
+        "print(sorted(m for m in ('lightning', 'transformers') if m in sys.modules))"
+    )
+    root = CONF.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"  # print-config answers in about a second

@@ -39,6 +39,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tide_lightning.errors import ConfigError, require, require_choice
+from tide_lightning.method.alignment.chat import SUPERVISION
 from tide_lightning.method.objective import ObjectiveConfig
 from tide_lightning.method.variants import PIPELINES
 
@@ -71,6 +72,10 @@ TEACHER_SHARDING = ("auto", "deepspeed", "none")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 """Lightning precision names this application is meant to run with."""
+MIXING_MODES = ("weighted", "concat")
+"""As :data:`tide_lightning.data.mixing.MIXING_MODES` (a test keeps them equal)."""
+TEACHER_VIEWS = ("same_sequence", "aligned")
+"""As :data:`tide_lightning.data.examples.TEACHER_VIEWS` (a test keeps them equal)."""
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything range
 
 
@@ -238,10 +243,6 @@ class DataConfig:
     """Documents longer than this many characters are skipped (data/skipped_too_long)."""
 
     def __post_init__(self) -> None:
-        from tide_lightning.data.examples import TEACHER_VIEWS
-        from tide_lightning.data.mixing import MIXING_MODES
-        from tide_lightning.method.alignment.chat import SUPERVISION
-
         require(self.max_length > 0, "data.max_length", "> 0", self.max_length)
         t = self.teacher_max_length
         require(t > 0, "data.teacher_max_length", "> 0", t)
@@ -403,7 +404,9 @@ class RunConfig:
             self.data.max_length,
         )
         if self.data.teacher_view == "aligned":
-            require(not cross, "data.teacher_view", "same_sequence in the cross pipeline", "aligned")
+            require(
+                not cross, "data.teacher_view", "same_sequence in the cross pipeline", "aligned"
+            )
             require(
                 self.data.teacher_max_length % block == 0,
                 "data.teacher_max_length",
