@@ -1,7 +1,9 @@
 """The one boundary where a :class:`~tide_lightning.config.RunConfig` becomes objects.
 
-Everything downstream (models, data, module, trainer) receives typed arguments; no
-class below this file reads a config. The teacher is built lazily by a picklable
+Everything downstream (models, data, module, trainer) receives plain arguments or the
+one dataclass of its own config group (``ObjectiveConfig``, ``OptimConfig``,
+``SourceSpec``), plus what only the run knows as separate arguments (pipeline, step
+count, tokenizers); nothing below this file reads the whole ``RunConfig``. The teacher is built lazily by a picklable
 :class:`TeacherFactory` inside the LightningModule's ``setup`` hook, because sharding
 it needs the process group that Lightning only creates when ``fit`` starts.
 """
