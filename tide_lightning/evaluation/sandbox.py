@@ -169,15 +169,23 @@ def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox in
         with contextlib.suppress(OSError):
             os.write(status_fd, line.encode("utf-8", "replace"))
 
+    linux = sys.platform.startswith("linux")  # elsewhere: limits and the hook only
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
-    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    if linux:
+        libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+        libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
 
     def check(ret: int, what: str) -> None:
         if ret != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    def prctl(option: int, arg: int, what: str | None = None) -> None:
+        if linux:
+            ret = libc.prctl(option, arg, 0, 0, 0)
+            if what is not None:
+                check(ret, what)
 
     ms = {"rdonly": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "remount": 32,
           "bind": 4096, "move": 8192, "rec": 16384, "private": 1 << 18}  # fmt: skip
@@ -286,7 +294,7 @@ def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox in
                 os.close(status_fd)
                 _, wait_status = os.waitpid(monitor, 0)
                 os._exit(os.waitstatus_to_exitcode(wait_status) & 0xFF)
-            check(libc.prctl(1, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
+            prctl(1, signal.SIGKILL, "PR_SET_PDEATHSIG")
             with contextlib.suppress(OSError):
                 libc.sethostname(b"sandbox", 7)
         if not root_evaluator:
@@ -300,7 +308,7 @@ def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox in
                 os.chown(workdir, program_uid, program_uid)
         os.chdir(workdir)
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1 then ignores it from inside
-        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: /proc/1/fd etc. stay closed
+        prctl(4, 0)  # PR_SET_DUMPABLE 0: /proc/1/fd etc. stay closed
         token_r, token_w = os.pipe()
         done_r, done_w = os.pipe()
         violation_r, violation_w = os.pipe()
@@ -320,8 +328,8 @@ def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox in
             os.closerange(max(keep) + 1, 65536)
             os.set_blocking(violation_w, False)
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            libc.prctl(4, 1, 0, 0, 0)  # dumpable again: its own /proc/self works
-            check(libc.prctl(1, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
+            prctl(4, 1)  # dumpable again: its own /proc/self works
+            prctl(1, signal.SIGKILL, "PR_SET_PDEATHSIG")
             cpu_s = cfg["cpu_s"]
             for which, value in [
                 (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),
@@ -333,22 +341,23 @@ def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox in
             ]:
                 resource.setrlimit(which, value)
             if os.geteuid() == 0:  # root or root of the user namespace
-                with open("/proc/sys/kernel/cap_last_cap") as f:
-                    last_cap = int(f.read())
-                for cap in range(last_cap + 1):
-                    libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+                if linux:
+                    with open("/proc/sys/kernel/cap_last_cap") as f:
+                        last_cap = int(f.read())
+                    for cap in range(last_cap + 1):
+                        prctl(24, cap)  # PR_CAPBSET_DROP
                 if root_evaluator:
                     os.setgroups([])
                     os.setgid(program_uid)
                     os.setuid(program_uid)  # clears every capability
-                else:
+                elif linux:
 
                     class Header(ctypes.Structure):
                         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
                     empty = (ctypes.c_uint32 * 6)()
                     check(libc.capset(ctypes.byref(Header(0x20080522, 0)), empty), "capset")
-            check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+            prctl(38, 1, "PR_SET_NO_NEW_PRIVS")
             os.environ.clear()
             os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=workdir,
                               TMPDIR=workdir, LANG="C.UTF-8", OMP_NUM_THREADS="1")  # fmt: skip
