@@ -85,7 +85,7 @@ class BD3LMStudent(nn.Module):
         if model.config._attn_implementation not in ("sdpa", "flex_attention"):
             raise ValueError(
                 f"attention implementation {model.config._attn_implementation!r} would misread "
-                "the block-diffusion mask; use 'sdpa' or 'flex_attention'"
+                "the block-diffusion mask; load with attention='sdpa' or 'flex' (student.attention)"
             )
         self.model = model
         self.mask_token_id = mask_token_id
