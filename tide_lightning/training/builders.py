@@ -36,6 +36,7 @@ from tide_lightning.models.frozen import FrozenTeacher, setup_teacher
 from tide_lightning.models.quantization import refuse_four_bit
 from tide_lightning.models.teachers import build_tiny_moe_teacher, resolve_mask_id
 from tide_lightning.training.callbacks import DataSkipLogger, console_callbacks
+from tide_lightning.training.checkpoints import AtomicCheckpointIO, resume_checkpoint
 from tide_lightning.training.module import DistillationModule
 from tide_lightning.training.preemption import PreemptionCheckpoint
 from tide_lightning.training.tensorboard import RunLogger
@@ -369,7 +370,11 @@ def build_trainer(
         ],
         # Lightning's own SLURM requeue saves inside the signal handler, which can hang:
         # PreemptionCheckpoint does it at a step boundary instead.
-        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
+        # Atomic checkpoint writes: a kill during a save never leaves a torn last.ckpt.
+        plugins=[
+            AtomicCheckpointIO(),
+            *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []),
+        ],
         default_root_dir=config.run_dir,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
@@ -385,12 +390,6 @@ def teacher_label(config: RunConfig) -> str:
 
 
 def resume_path(config: RunConfig) -> str | None:
-    """The checkpoint ``fit`` resumes from: ``resume`` = auto, never, or a path."""
-    if config.resume == "never":
-        return None
-    if config.resume != "auto":
-        if not Path(config.resume).is_file():
-            raise FileNotFoundError(f"resume checkpoint {config.resume!r} does not exist")
-        return config.resume
-    last = Path(config.run_dir) / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
+    """The checkpoint ``fit`` resumes from: ``resume`` = auto (the newest intact one,
+    broken ones reported and passed over), never, or a path (it must be intact)."""
+    return resume_checkpoint(config.resume, config.run_dir)
