@@ -69,7 +69,7 @@ def _same_experts(got, want):
     return (got.sort(-1).values == want.sort(-1).values).all(-1)
 
 
-@pytest.mark.parametrize("shape", ["small", "vocab"])
+@pytest.mark.parametrize("shape", ["small", "vocab", "variants"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_logits_and_experts_match_the_remote_code(hub_dirs, shape, dtype):
     torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
