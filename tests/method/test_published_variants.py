@@ -34,14 +34,25 @@ def _batch():
     return {"input_ids": ids, "maskable": maskable, "attention_mask": torch.ones_like(maskable)}
 
 
-def _distill(student, variant, **kw):
+def _step(student, variant, **kw):
     config = ObjectiveConfig(variant=variant, block_size=8, compdemo=False, **kw)
     config = config.resolved("shared")
-    out = distill_step(
+    return distill_step(
         student, FixedTeacher(), _batch(), config, 0.3, torch.Generator().manual_seed(4),
         pipeline="shared",
     )  # fmt: skip
-    return out.distill
+
+
+def _distill(student, variant, **kw):
+    return _step(student, variant, **kw).distill
+
+
+def test_composite_step_reports_each_term(student):
+    out = _step(student, "tide_shared+kl")
+    assert set(out.terms) == {"tide_shared", "kl"}
+    assert out.distill.item() == pytest.approx(sum(v.item() for v in out.terms.values()))
+    assert out.terms["kl"].item() == pytest.approx(_distill(student, "kl").item(), rel=1e-6)
+    assert _step(student, "kl").terms is None
 
 
 def test_composite_step_is_the_sum_of_its_terms_steps(student):

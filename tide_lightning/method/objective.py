@@ -162,6 +162,8 @@ class StepOutput:
     chunk_kl: Tensor | None = None
     """Bernoulli KL between teacher and student chunk probabilities, Float[C_active]."""
     teacher_finite: bool = True
+    terms: dict[str, Tensor] | None = None
+    """A composite variant's terms by name (they add up to ``distill``); None otherwise."""
 
 
 def _draw_time(batch: int, length: int, s: ObjectiveConfig, gen, device) -> Tensor:
@@ -268,7 +270,10 @@ def _shared_step(student, teacher, batch, s: ObjectiveConfig, progress, gen) -> 
     t_pos = _position_time(t, distilled)
     lam = tidal_lambda(t_pos, progress, s.lambda_init, s.lambda_max, s.lambda_shape, s.tidal_axis)
     weight = time_weight(t_pos, s.time_weight)
-    distill = variant.loss(student_v, teacher_v, lam=lam, weight=weight, temperature=s.temperature)
+    terms = variant.term_losses(
+        student_v, teacher_v, lam=lam, weight=weight, temperature=s.temperature
+    )
+    distill = sum(terms.values())
     lam_mean = lam.mean() if lam.numel() else _zero(ce)
     # The diagnostic KL is NaN/inf in exactly the rows where the teacher's logits are
     # (+inf or NaN): checking Float[N] spares a second pass over Float[N, V].
@@ -282,6 +287,7 @@ def _shared_step(student, teacher, batch, s: ObjectiveConfig, progress, gen) -> 
         kl_to_teacher=kl,
         kl_t=t_pos,
         teacher_finite=bool(torch.isfinite(kl).all()),
+        terms=terms if variant.terms else None,
     )
 
 

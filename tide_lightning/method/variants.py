@@ -69,6 +69,19 @@ class Variant:
     def needs_teacher(self) -> bool:
         return self.loss is not None
 
+    def term_losses(
+        self, student: Tensor, teacher: Tensor, *, lam, weight, temperature: float
+    ) -> dict[str, Tensor]:
+        """Each term's loss by name (one entry, the variant's own, unless a composite).
+
+        The composite's loss is their sum; the objective adds them itself so that every
+        term can be logged without computing it twice.
+        """
+        kw = {"lam": lam, "weight": weight, "temperature": temperature}
+        if not self.terms:
+            return {self.name: self.loss(student, teacher, **kw)}
+        return {name: VARIANTS[name].loss(student, teacher, **kw) for name in self.terms}
+
 
 def _forward_kl(student: Tensor, teacher: Tensor, *, lam, weight, temperature: float) -> Tensor:
     return forward_kl_loss(student, teacher, temperature)

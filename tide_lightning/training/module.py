@@ -189,6 +189,8 @@ class DistillationModule(L.LightningModule):
         logs = {"train/loss": out.loss, "train/ce": out.ce}
         if spec.needs_teacher:
             logs["train/distill"] = out.distill
+        for name, value in (out.terms or {}).items():  # a composite's terms, one chart each
+            logs[f"train/distill_{name}"] = value
         if spec.uses_tidal:
             logs["train/lambda_train"] = self._lambda_train()
             logs["train/lambda_t_mean"] = out.lambda_t_mean

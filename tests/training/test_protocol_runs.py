@@ -1,4 +1,4 @@
-"""trainer.epochs: the step count comes from the records, and the run ends exactly there."""
+"""Published-protocol runs: steps counted from trainer.epochs; a composite logs each term."""
 
 from __future__ import annotations
 
@@ -67,3 +67,15 @@ def test_epochs_and_max_steps_together_are_refused():
         load_config(CONF / "tiny.yaml", ["trainer.epochs=2"])
     with pytest.raises(ConfigError, match="exactly one"):
         load_config(CONF / "tiny.yaml", ["trainer.max_steps=null"])
+
+
+def test_a_composite_run_logs_each_term(tmp_path):
+    overrides = [
+        f"run_dir={tmp_path}", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+        "objective.variant=tide_shared+kl", "trainer.val_check_interval=100",
+    ]  # fmt: skip
+    run = build_run(load_config(CONF / "tiny.yaml", overrides))
+    run.trainer.fit(run.module, datamodule=run.datamodule)
+    logged = run.trainer.logged_metrics
+    total = logged["train/distill_tide_shared"] + logged["train/distill_kl"]
+    assert float(total) == pytest.approx(float(logged["train/distill"]), rel=1e-5)
