@@ -107,3 +107,15 @@ def test_pipeline_defaults_are_the_published_scripts():
 
     assert PIPELINE_DEFAULTS["shared"] == {"temperature": 2.0, "time_weight": "midrange"}
     assert PIPELINE_DEFAULTS["cross"] == {"temperature": 5.0, "time_weight": "uniform"}
+
+
+def test_term_losses_name_each_term():
+    s, z, lam, w = _token_inputs()
+    kwargs = {"lam": lam, "weight": w, "temperature": 2.0}
+    single = VARIANTS["kl"].term_losses(s, z, **kwargs)
+    assert list(single) == ["kl"]
+    assert single["kl"].item() == pytest.approx(VARIANTS["kl"].loss(s, z, **kwargs).item())
+    parts = VARIANTS["tide_shared+kl"].term_losses(s, z, **kwargs)
+    assert list(parts) == ["tide_shared", "kl"]
+    total = VARIANTS["tide_shared+kl"].loss(s, z, **kwargs)
+    assert sum(p.item() for p in parts.values()) == pytest.approx(total.item(), rel=1e-6)
