@@ -186,6 +186,7 @@ def test_rotary_table_is_right_after_from_pretrained(hub_dirs):
         ("topk_group", 9),
         ("rotary_dim", 32),
         ("model_type", "llada2_moe_veomni"),
+        ("hidden_act", "swish_of_the_day"),
     ],
 )
 def test_unsupported_config_values_are_refused(field, value):
@@ -260,3 +261,13 @@ def test_public_load_teacher_gives_the_reference_logits(hub_dirs):
     assert teacher.mask_token_id == fx.MASK_ID and at.sum() > 3
     got = teacher.logits(ids, at, attention_mask=valid)
     torch.testing.assert_close(got[:, want["columns"]], want["logits_fp32"][at], atol=2e-4, rtol=0)
+
+
+def test_tied_embeddings_load_without_a_head_key(tmp_path):
+    config = {**fx.config("small"), "tie_word_embeddings": True}
+    state = fx.weights("small")
+    state.pop("lm_head.weight")
+    tmp_path.joinpath("config.json").write_text(json.dumps(config))
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model = _load(tmp_path)
+    assert torch.equal(model.lm_head.weight, state["model.word_embeddings.weight"])

@@ -143,6 +143,12 @@ class LLaDA2MoeConfig(PreTrainedConfig):
         return int(self.head_dim * self.partial_rotary_factor)
 
     def _check_shapes(self) -> None:
+        from transformers.activations import ACT2FN
+
+        if self.hidden_act not in ACT2FN:
+            raise UserError(
+                f"llada2_moe config hidden_act={self.hidden_act!r} is not an activation"
+            )
         if self.num_key_value_heads <= 0 or self.num_attention_heads % self.num_key_value_heads:
             raise UserError(
                 f"llada2_moe config num_key_value_heads={self.num_key_value_heads} must be > 0 and "
