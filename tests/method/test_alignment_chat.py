@@ -108,3 +108,14 @@ def test_same_tokenizer_chat_aligns_every_content_token(qwen3):
     al = align_messages(qwen3, qwen3, CHAT)
     assert all(b - a == 1 and d - c == 1 and a == c for a, b, c, d in al.chunks)
     assert al.student_prompt == al.teacher_prompt
+
+
+def test_supervised_turns_rules():
+    from tide_lightning.method.alignment.chat import supervised_turns
+
+    roles = ["system", "user", "assistant", "user", "assistant", "user"]
+    assert supervised_turns(roles) == [False, False, False, False, True, False]
+    assert supervised_turns(roles, "all_turns") == [False, False, True, False, True, False]
+    assert supervised_turns(["user"]) == [False]
+    with pytest.raises(ValueError, match="supervision"):
+        supervised_turns(roles, "every")
