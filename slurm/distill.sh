@@ -1,9 +1,13 @@
 #!/bin/bash
 # TIDE distillation on a SLURM cluster, with checkpoint-and-requeue on the time limit.
 #
-#   mkdir -p logs
 #   sbatch slurm/distill.sh conf/cross_llada2.yaml [key=value ...]
-#   RUN_DIR=runs/my-run sbatch slurm/distill.sh conf/cross_llada2.yaml   # fixed run dir
+#   TIDE_RUN_DIR=runs/my-run sbatch slurm/distill.sh conf/cross_llada2.yaml   # fixed run dir
+#
+# TIDE_RUN_DIR is the one run-dir variable: the cluster configs read it too
+# (run_dir: ${oc.env:TIDE_RUN_DIR,...}). Default: runs/<config name>-<job id>.
+# The job's log goes to logs/<job name>-<job id>.out (TIDE_LOG_DIR), a folder this script
+# creates; SLURM itself writes only a one-line pointer to it in the submit directory.
 #
 # How a requeue works: SLURM sends SIGUSR1 to every task 120 s before the time limit;
 # tide_lightning.training.preemption.PreemptionCheckpoint saves run_dir/checkpoints/last.ckpt at
@@ -25,15 +29,40 @@
 #SBATCH --signal=SIGUSR1@120
 #SBATCH --requeue                  # allow `scontrol requeue` (and requeue on node failure)
 #SBATCH --open-mode=append         # a requeued run appends to the same log
-#SBATCH --output=logs/%x-%j.out    # %j stays the same across requeues; logs/ must exist
+#SBATCH --output=%x-%j.out         # the pointer line; the log proper is under logs/
 
 set -eo pipefail
 
-CONFIG=${1:?usage: sbatch slurm/distill.sh CONFIG.yaml [key=value ...]}
+usage="usage: sbatch slurm/distill.sh CONFIG.yaml [key=value ...]"
+die() { echo "slurm/distill.sh: $*" >&2; exit 2; }
+[[ -n "${SLURM_JOB_ID:-}" ]] || die "not inside a SLURM job; submit it: $usage"
+[[ $# -ge 1 ]] || die "$usage"
+CONFIG=$1
 shift
+[[ -z "${RUN_DIR:-}" || -n "${TIDE_RUN_DIR:-}" ]] ||
+    die "RUN_DIR is not read any more: set TIDE_RUN_DIR=$RUN_DIR (the configs read it too)"
 
 # SLURM runs a copy of this script; work from the directory sbatch was called in.
 cd "${SLURM_SUBMIT_DIR:-.}"
+[[ -f "$CONFIG" ]] || die "config file $CONFIG not found (from $(pwd))"
+
+# Tasks per node: --ntasks-per-node sets SLURM_NTASKS_PER_NODE (e.g. "8" or "8(x2)");
+# with only --ntasks, SLURM_NTASKS is spread over SLURM_NNODES nodes.
+NODES=${SLURM_NNODES:-1}
+if [[ -n "${SLURM_NTASKS_PER_NODE:-}" ]]; then
+    TASKS_PER_NODE=${SLURM_NTASKS_PER_NODE%%(*}
+else
+    TASKS=${SLURM_NTASKS:-1}
+    (( TASKS % NODES == 0 )) || die "--ntasks=$TASKS does not split evenly over $NODES nodes"
+    TASKS_PER_NODE=$(( TASKS / NODES ))
+fi
+
+# The log proper: a folder of our own, appended to across requeues (same job id).
+LOG_DIR=${TIDE_LOG_DIR:-logs}
+mkdir -p "$LOG_DIR"
+LOG="$LOG_DIR/${SLURM_JOB_NAME:-tide-distill}-${SLURM_JOB_ID}.out"
+echo "log: $LOG"
+exec >>"$LOG" 2>&1
 
 # --- environment ----------------------------------------------------------------------
 # Load your cluster's modules and activate the project's environment, e.g.:
@@ -53,18 +82,18 @@ export TRANSFORMERS_OFFLINE=1
 # Lightning derives the rendezvous port from the job id; MASTER_PORT overrides it.
 
 # Stays the same across requeues (the job id does), so the relaunch finds last.ckpt.
-# To continue a run in a *new* job (e.g. after a failed requeue), pass its RUN_DIR.
-RUN_DIR=${RUN_DIR:-runs/$(basename "$CONFIG" .yaml)-${SLURM_JOB_ID}}
+# To continue a run in a *new* job (e.g. after a failed requeue), pass its TIDE_RUN_DIR.
+export TIDE_RUN_DIR=${TIDE_RUN_DIR:-runs/$(basename "$CONFIG" .yaml)-${SLURM_JOB_ID}}
 
-echo "job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${CONFIG} -> ${RUN_DIR}" \
-    "on ${SLURM_NNODES} node(s) x ${SLURM_NTASKS_PER_NODE} task(s)"
+echo "job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${CONFIG} -> ${TIDE_RUN_DIR}" \
+    "on ${NODES} node(s) x ${TASKS_PER_NODE} task(s)"
 
 # One process per GPU, started by srun (Lightning detects SLURM and does not spawn).
 # The trailing "$@" passes extra key=value overrides from the sbatch command line.
 srun --kill-on-bad-exit=1 \
     python -m tide_lightning fit --config "$CONFIG" \
-    run_dir="$RUN_DIR" resume=auto \
-    trainer.num_nodes="$SLURM_NNODES" \
-    trainer.devices="$SLURM_NTASKS_PER_NODE" \
+    run_dir="$TIDE_RUN_DIR" resume=auto \
+    trainer.num_nodes="$NODES" \
+    trainer.devices="$TASKS_PER_NODE" \
     trainer.enable_progress_bar=false \
     "$@"

@@ -181,8 +181,10 @@ def validate_command(args: argparse.Namespace) -> None:
 
 def print_config_command(args: argparse.Namespace) -> None:
     from tide_lightning.config import to_yaml
+    from tide_lightning.training.run import resolved
 
-    print(to_yaml(_load_config(args), comments=args.comments), end="")
+    # As fit would store it: run_dir placeholders filled in, paths absolute.
+    print(to_yaml(resolved(_load_config(args)), comments=args.comments), end="")
 
 
 def plan_command(args: argparse.Namespace) -> None:

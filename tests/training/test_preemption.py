@@ -147,40 +147,6 @@ def test_no_signal_no_checkpoint(tmp_path: Path) -> None:
     assert not (tmp_path / "last.ckpt").exists()
 
 
-def test_sbatch_script_runs_the_cli_with_a_run_dir_that_survives_requeues(tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "srun.log"
-    (bin_dir / "srun").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{calls}"\n')
-    (bin_dir / "srun").chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(
-        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
-        SLURM_JOB_ID="77",
-        SLURM_NNODES="2",
-        SLURM_NTASKS_PER_NODE="4",
-        SLURM_SUBMIT_DIR=str(ROOT),
-    )
-    env.pop("RUN_DIR", None)
-    script = [str(ROOT / "slurm" / "distill.sh"), "conf/tiny.yaml", "trainer.max_steps=2"]
-    runs = []
-    for restart in ("0", "1"):  # a requeued job keeps its id: same run dir
-        env["SLURM_RESTART_COUNT"] = restart
-        subprocess.run(["bash", *script], env=env, check=True, capture_output=True)
-        runs.append(calls.read_text().splitlines())
-    assert runs[0] == runs[1]
-    args = runs[0]
-    cli = args.index("fit")
-    assert args[:cli] == ["--kill-on-bad-exit=1", "python", "-m", "tide_lightning"]
-    overrides = args[cli + 3 :]
-    assert args[cli + 1 : cli + 3] == ["--config", "conf/tiny.yaml"]
-    assert "run_dir=runs/tiny-77" in overrides and "resume=auto" in overrides
-    assert "trainer.num_nodes=2" in overrides and "trainer.devices=4" in overrides
-    assert overrides[-1] == "trainer.max_steps=2"
-    config = load_config(ROOT / "conf" / "tiny.yaml", overrides)  # every key exists
-    assert (config.trainer.num_nodes, config.trainer.devices) == (2, 4)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -216,3 +216,11 @@ def test_binned_mean_counts_and_spread():
         "val_kl_by_t/t_0.75-1.0",
     ]  # fmt: skip
     assert bin_names(10)[:2] == ["val_kl_by_t/t_0.0-0.1", "val_kl_by_t/t_0.1-0.2"]
+
+
+def test_an_override_without_equals_is_a_usage_error_naming_the_fix(capsys):
+    from tide_lightning.cli import main
+
+    assert main(["fit", "--config", str(CONF / "tiny.yaml"), "trainer.max_steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "override 'trainer.max_steps' has no '='" in err and "trainer.max_steps=5" in err
