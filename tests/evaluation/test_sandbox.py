@@ -334,7 +334,7 @@ def test_hostile_programs_in_parallel_do_not_disturb_benign_ones():
     assert [r.status for r in results] == ["passed"] * 6 + list(hostile.values())
 
 
-@pytest.mark.parametrize("layers", [0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize("layers", range(10))
 def test_every_fallback_set_up_contains_the_basics(layers):
     """Machines without namespaces, a private root or root still get limits, hook, verdicts."""
     candidates = sandbox._candidates()
@@ -631,3 +631,50 @@ def test_non_root_evaluator_gets_a_user_namespace():
         assert got["read"] == "failed"  # the secret is not in its view
         assert "work" not in got["peek"] and "tmp" in got["peek"]
         assert got["caps_left"] == "0000000000000000"
+
+
+def landlock_set_ups() -> list:
+    found = []
+    for isolation in sandbox._candidates():
+        if isolation.landlock and not isolation.private_root:
+            canary = sandbox._run(sandbox._CANARY, isolation, timeout=10, memory_mb=1024)
+            if canary.passed:
+                found.append(isolation)
+    return found
+
+
+def test_landlock_confines_files_where_there_is_no_private_root():
+    """The fallback for machines without namespaces: Landlock, also with the hook off."""
+    set_ups = landlock_set_ups()
+    if not set_ups:
+        pytest.skip("no Landlock here (or no set-up without a private root runs)")
+    marker = "tide-landlock-" + os.urandom(6).hex()
+    project_file = Path(__file__).resolve().parents[2] / "README.md"
+    source = f"""
+        import os, socket
+        out = {{}}
+        for path in [{str(project_file)!r}, "/proc/1/cmdline", "/usr/lib/os-release"]:
+            try:
+                open(path, "rb").read(1)
+                out[path] = "read"
+            except OSError as exc:
+                out[path] = type(exc).__name__
+        for path in ["/tmp/{marker}", "/var/tmp/{marker}", "mine.txt"]:
+            try:
+                open(path, "w").write("x")
+                out[path] = "written"
+            except OSError as exc:
+                out[path] = type(exc).__name__
+        print(out)
+        """
+    for isolation in set_ups:
+        result = sandbox._run(
+            HOOK_OFF + textwrap.dedent(source), isolation, timeout=5, memory_mb=512
+        )
+        assert result.passed, (isolation, result.stderr[-500:])
+        got = eval(result.stdout)
+        assert got.pop("mine.txt") == "written"
+        readable = "/usr/lib/os-release"
+        assert got.pop(readable) == ("read" if os.path.exists(readable) else "FileNotFoundError")
+        assert set(got.values()) == {"PermissionError"}, (isolation, got)
+        assert not os.path.exists(f"/tmp/{marker}") and not os.path.exists(f"/var/tmp/{marker}")

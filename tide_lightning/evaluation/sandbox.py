@@ -117,6 +117,8 @@ class Isolation:
         unique_uid: the program runs as a fresh, otherwise unused uid (root evaluator).
         memory: ``"cgroup"`` (one limit for the tree) or ``"rlimit"`` (count x cap).
         python: the interpreter that runs programs.
+        landlock: the Landlock ABI that confines the program's files where there is
+            no private root (0: not used).
         missing: one sentence per layer this machine lacks, empty when none.
     """
 
@@ -126,6 +128,7 @@ class Isolation:
     unique_uid: bool
     memory: str
     python: str
+    landlock: int = 0
     missing: tuple[str, ...] = ()
 
 
@@ -224,6 +227,36 @@ def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox in
         for point in mounts_under(dst):  # submounts too: a recursive bind keeps them rw
             flags = ms["remount"] | ms["bind"] | ms["rdonly"] | ms["nosuid"] | ms["nodev"]
             mount(None, point, None, flags | locked_flags(point), None)
+
+    def landlock(abi: int, readable: list[str], writable: str) -> None:
+        # Where there is no private root: the kernel refuses file access outside these
+        # paths, TCP (ABI >= 4), and signals and abstract sockets leaving the run (ABI >= 6).
+        import struct
+
+        fs_all = (1 << {1: 13, 2: 14, 3: 15, 4: 15}.get(abi, 16)) - 1
+        file_rights = 1 | 2 | 4 | (1 << 14 if abi >= 3 else 0) | (1 << 15 if abi >= 5 else 0)
+        attr = struct.pack("=QQQ", fs_all, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
+        size = 8 if abi < 4 else (16 if abi < 6 else 24)
+        ruleset = libc.syscall(444, ctypes.create_string_buffer(attr, 24), ctypes.c_size_t(size), 0)
+        check(0 if ruleset >= 0 else -1, "landlock_create_ruleset")
+
+        def allow(path: str, rights: int) -> None:
+            if not os.path.exists(path):
+                return
+            parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            if not os.path.isdir(path):
+                rights &= file_rights
+            rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, parent), 12)
+            check(libc.syscall(445, ruleset, 1, rule, 0), f"landlock_add_rule {path}")
+            os.close(parent)
+
+        for path in readable:
+            allow(path, 1 | 4 | 8)  # execute, read files, list directories
+        for name in ("null", "zero", "full", "random", "urandom"):
+            allow(f"/dev/{name}", 2 | 4)
+        allow(writable, fs_all)
+        check(libc.syscall(446, ruleset, 0), "landlock_restrict_self")
+        os.close(ruleset)
 
     def build_root(newroot: str, program_bytes: bytes, tmp_uid: int) -> None:
         mount(None, "/", None, ms["rec"] | ms["private"], None)  # nothing propagates out
@@ -358,6 +391,8 @@ def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox in
                     empty = (ctypes.c_uint32 * 6)()
                     check(libc.capset(ctypes.byref(Header(0x20080522, 0)), empty), "capset")
             prctl(38, 1, "PR_SET_NO_NEW_PRIVS")
+            if cfg["landlock"] and not cfg["private_root"]:
+                landlock(cfg["landlock"], cfg["binds"] + [program_path], workdir)
             os.environ.clear()
             os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=workdir,
                               TMPDIR=workdir, LANG="C.UTF-8", OMP_NUM_THREADS="1")  # fmt: skip
@@ -571,6 +606,21 @@ def _binds(python: str) -> tuple[list[str], list[str]]:
     return binds, masks
 
 
+@functools.lru_cache(maxsize=1)
+def _landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 where there is none."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
+        return max(0, libc.syscall(444, None, ctypes.c_size_t(0), 1))
+    except (OSError, AttributeError):
+        return 0
+
+
 def _cgroup_parent() -> str | None:
     """A cgroup v2 directory we may create children in, with memory delegated to them."""
     try:
@@ -632,10 +682,14 @@ def _candidates() -> list[Isolation]:
     if linux:
         found.append(Isolation(True, not root, True, root, memory, pythons[0]))
     # Without a private root, a dropped uid must be able to read the standard library.
+    weaker = []
     for python in pythons if root else pythons[:1]:
         if linux:
-            found.append(Isolation(True, not root, False, root, memory, python))
-        found.append(Isolation(False, False, False, root and linux, memory, python))
+            weaker.append(Isolation(True, not root, False, root, memory, python))
+        weaker.append(Isolation(False, False, False, root and linux, memory, python))
+    if _landlock_abi():
+        found += [Isolation(**{**i.__dict__, "landlock": _landlock_abi()}) for i in weaker]
+    found += weaker
     if memory == "cgroup":
         found += [Isolation(**{**i.__dict__, "memory": "rlimit"}) for i in list(found)]
     return found
@@ -648,11 +702,16 @@ def _describe_missing(isolation: Isolation) -> tuple[str, ...]:
             "no namespaces (unshare refused): the program sees host processes and the "
             "network, and only the audit hook stops it from signalling or connecting"
         )
-    if not isolation.private_root:
+    if not isolation.private_root and isolation.landlock:
         missing.append(
-            "no private root: the program can read every file its uid can read, and "
-            "write any world-writable folder (the audit hook refuses writes outside "
-            "its directory)"
+            f"no private root: Landlock (ABI {isolation.landlock}) confines reads to the "
+            "system and interpreter folders and writes to the run's own directory"
+        )
+    elif not isolation.private_root:
+        missing.append(
+            "no private root and no Landlock: the program can read every file its uid "
+            "can read, and write any world-writable folder (the audit hook refuses "
+            "writes outside its directory)"
         )
     if not isolation.unique_uid and not isolation.user_namespace:
         missing.append("runs as the evaluator's uid: no privilege drop")
@@ -780,7 +839,8 @@ def _run(
         if isolation.memory == "cgroup":
             cgroup = _make_cgroup(_cgroup_parent(), memory_mb, max_processes)
         processes, per_process_mb = memory_plan(memory_mb, max_processes, cgroup is not None)
-        binds, masks = _binds(isolation.python) if isolation.private_root else ([], [])
+        confined = isolation.private_root or isolation.landlock
+        binds, masks = _binds(isolation.python) if confined else ([], [])
         status_r, status_w = os.pipe()
         config_r, config_w = os.pipe()
         config = {
@@ -793,6 +853,7 @@ def _run(
             "namespaces": isolation.namespaces,
             "user_namespace": isolation.user_namespace,
             "private_root": isolation.private_root,
+            "landlock": isolation.landlock,
             "cgroup": cgroup,
             "uid_base": _UID_BASE,
             "cpu_s": max(1, int(-(-timeout // 1))),
