@@ -140,15 +140,14 @@ class GroupedSigmoidRouter(nn.Module):
         """
         scores = torch.sigmoid(F.linear(x.float(), self.weight.float()))
         biased = scores + self.expert_bias.float()
-        tokens = biased.shape[0]
-        grouped = biased.view(tokens, self.n_group, -1)
-        # A group is as good as its best two experts.
+        tokens, experts = biased.shape
+        # A group is as good as its best two experts; only the best groups compete.
+        grouped = biased.view(tokens, self.n_group, experts // self.n_group)
         group_score = grouped.topk(2, dim=-1).values.sum(-1)
         best_groups = group_score.topk(self.topk_group, dim=-1).indices
         keep = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, best_groups, True)
-        eligible = biased.masked_fill(
-            ~keep[:, :, None].expand_as(grouped).reshape_as(biased), -torch.inf
-        )
+        keep = keep.repeat_interleave(experts // self.n_group, dim=1)
+        eligible = biased.masked_fill(~keep, -torch.inf)
         chosen = eligible.topk(self.top_k, dim=-1).indices
         weights = scores.gather(1, chosen)
         if self.top_k > 1:
@@ -161,7 +160,7 @@ class SparseMoeBlock(nn.Module):
 
     Only the experts some token chose run. Under ZeRO-3 that makes the set of gathered
     parameters depend on the tokens, so the block must be a ZeRO-3 leaf module (gathered
-    whole on entry): see :func:`tide_lightning.models.sharding.shard_teacher`.
+    whole on entry): see :func:`tide_lightning.models.sharding.mark_zero3_leaves`.
     """
 
     def __init__(self, config: LLaDA2MoeConfig):
@@ -246,6 +245,10 @@ def _sdpa_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | No
             keys removed, bidirectional over the rest); Bool[B, 1|heads, L, L]
             (``True`` = attend); or an additive float mask of that shape.
         dtype: the activations' dtype (an additive mask is cast to it).
+
+    A 2-D mask means bidirectional attention over the real tokens, what a masked-diffusion
+    model needs (the remote code would build a causal mask from it instead; every caller
+    there passes 4-D masks).
 
     Raises:
         UserError: a mask of another rank, or a boolean one with a fully masked row
