@@ -69,6 +69,7 @@ STUDENT_ARCHS = ("bd3lm", "tiny_moe")
 ATTENTION = ("auto", "sdpa", "flex")
 """What :func:`tide_lightning.models.student.resolve_attention` accepts."""
 TEACHER_SHARDING = ("auto", "deepspeed", "none")
+TEACHER_SHARD_GROUPS = ("world", "node")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 """Lightning precision names this application is meant to run with."""
@@ -183,6 +184,9 @@ class TeacherConfig:
     """Teacher tokenizer (cross pipeline); None: the tokenizer in path."""
     sharding: str = "auto"
     """auto (deepspeed with more than one process), deepspeed (ZeRO-3) or none."""
+    shard_group: str = "world"
+    """ZeRO-3 teacher partition: world (1/W per rank; gathers cross nodes) or node (hpZ: an
+    extra 1/G copy per rank, every gather inside the node; `plan` shows both)."""
     trust_remote_code: bool | None = None
     """Run the checkpoint's own modeling code; None: the teacher kind's default."""
     mask_token_id: int | None = None
@@ -198,6 +202,7 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         require_choice("teacher.kind", self.kind, TEACHER_KINDS)
         require_choice("teacher.sharding", self.sharding, TEACHER_SHARDING)
+        require_choice("teacher.shard_group", self.shard_group, TEACHER_SHARD_GROUPS)
         m = self.mask_token_id
         require(m is None or m >= 0, "teacher.mask_token_id", ">= 0 (or null)", m)
         require(self.hidden_size > 0, "teacher.hidden_size", "> 0", self.hidden_size)

@@ -63,3 +63,16 @@ def test_plan_of_the_wedlm_config_without_weights(capsys):
 def test_bad_world_size_is_a_user_error():
     with pytest.raises(UserError, match="world-size"):
         plan(_shared_config(), world_sizes=[0])
+
+
+def test_node_shard_group_reaches_the_zero3_config_only_across_nodes(tmp_path):
+    from tide_lightning.training.builders import build_run
+
+    def node_size(*overrides: str) -> int:
+        config = load_plan_config(
+            str(CONF / "tiny.yaml"), ["teacher.shard_group=node", f"run_dir={tmp_path}", *overrides]
+        )
+        return build_run(config).module._teacher_factory.node_size
+
+    assert node_size() == 1  # one node: the node group is the world, no second copy
+    assert node_size("trainer.num_nodes=2", "trainer.devices=4") == 4

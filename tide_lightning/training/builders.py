@@ -110,8 +110,11 @@ class TeacherFactory:
     hidden_size: int
     num_layers: int
     seed: int
+    node_size: int = 1
+    """Ranks per node when the ZeRO-3 partition is kept to a node (``shard_group: node``)."""
 
     def __call__(self) -> FrozenTeacher:
+        zero3 = {"node_size": self.node_size}
         if self.path is not None:
             return setup_teacher(
                 self.path,
@@ -120,6 +123,7 @@ class TeacherFactory:
                 block_size=self.block_size,
                 trust_remote_code=bool(self.trust_remote_code),
                 mask_token_id=self.mask_token_id,
+                zero3_options=zero3,
             )
         if self.kind != "tiny_moe":
             raise ValueError(f"teacher kind {self.kind!r} needs teacher.path")
@@ -131,7 +135,7 @@ class TeacherFactory:
             num_layers=self.num_layers,
             seed=self.seed,
         )
-        return setup_teacher(adapter, sharding=self.sharding)
+        return setup_teacher(adapter, sharding=self.sharding, zero3_options=zero3)
 
 
 @dataclass
@@ -242,6 +246,8 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
             t.kind, t.path, t.sharding, config.objective.block_size, _rows(vocab_tok),
             teacher_mask, vocab_tok.pad_token_id, t.trust_remote_code, t.hidden_size,
             t.num_layers, config.seed + 1,
+            # one node: the node group is the world, a second partition would only cost memory
+            config.trainer.devices if t.shard_group == "node" and config.trainer.num_nodes > 1 else 1,
         )  # fmt: skip
 
     d = config.data
