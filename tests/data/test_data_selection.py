@@ -151,3 +151,11 @@ def test_concat_stream_resumes_exactly(tmp_path, workers):
     resumed = [_run(dm(), r, 2, 5, state)[0] for r in (0, 1)]
     for r in (0, 1):
         assert first[r][0] == full[r][:3] and resumed[r] == full[r][3:]
+
+
+def test_a_carve_that_leaves_nothing_is_a_user_error(tmp_path):
+    from tide_lightning.errors import UserError
+
+    path = write_jsonl(tmp_path / "one.jsonl", [_chat(0, "a")])
+    with pytest.raises(UserError, match="leaves none to train on"):
+        carve_heldout(open_source(SourceSpec("jsonl", str(path))), 0.05, seed=0, number=0)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tide_lightning.data.sources import DocumentSource, Record, SkipLog, SourceSpec, open_source
+from tide_lightning.errors import UserError
 
 
 class SourceView:
@@ -62,7 +63,7 @@ def filter_source(source: DocumentSource, needle: str) -> SourceView:
     """The usable records of ``source`` whose assistant reply contains ``needle``.
 
     Raises:
-        ValueError: no record matches (the message names the source and the string).
+        UserError: no record matches (the message names the source and the string).
     """
     quiet = SkipLog(max_warnings=0)
     keep = []
@@ -71,7 +72,7 @@ def filter_source(source: DocumentSource, needle: str) -> SourceView:
         if record is not None and record_contains(record, needle):
             keep.append(i)
     if not keep:
-        raise ValueError(
+        raise UserError(
             f"data source {source.spec.path}: no record's assistant reply contains {needle!r}"
         )
     return SourceView(source, np.asarray(keep, dtype=np.int64))
@@ -91,7 +92,7 @@ def carve_heldout(
     n = len(source)
     held = math.ceil(fraction * n)
     if held >= n:
-        raise ValueError(
+        raise UserError(
             f"data source {source.spec.path}: holding out {fraction} of {n} records "
             "leaves none to train on"
         )
