@@ -271,3 +271,14 @@ def test_tied_embeddings_load_without_a_head_key(tmp_path):
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
     model = _load(tmp_path)
     assert torch.equal(model.lm_head.weight, state["model.word_embeddings.weight"])
+
+
+def test_unimplemented_forward_options_are_refused(hub_dirs):
+    model = _load(hub_dirs["small"])
+    ids, _ = fx.inputs("small")
+    for option in ({"labels": ids}, {"output_attentions": True}, {"use_cache": True}):
+        with pytest.raises(UserError, match=next(iter(option))):
+            model(ids, **option)
+    with torch.no_grad():
+        (logits,) = model(ids, return_dict=False, output_hidden_states=None)
+    assert logits.shape == (2, 16, 512)

@@ -224,6 +224,8 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """Pre-norm residual block: attention, then the dense or sparse MLP."""
+
     def __init__(self, config: LLaDA2MoeConfig, index: int):
         super().__init__()
         self.attention = Attention(config)
@@ -422,6 +424,11 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
         self.check_attention_backend()
         if use_cache:
             raise UserError("llada2_moe keeps no KV cache; call it with use_cache=False")
+        # Options transformers' models take (output_attentions, past_key_values, ...) are
+        # not implemented: refuse them rather than return something else.
+        asked = sorted(k for k, v in kwargs.items() if v is not None and v is not False)
+        if asked:
+            raise UserError(f"llada2_moe forward does not support {', '.join(asked)}")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
@@ -437,7 +444,8 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
         mask = _sdpa_mask(attention_mask, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
-        return BaseModelOutput(last_hidden_state=self.norm(x))
+        out = BaseModelOutput(last_hidden_state=self.norm(x))
+        return out.to_tuple() if return_dict is False else out
 
 
 class LLaDA2MoeForCausalLM(LLaDA2MoePreTrainedModel):
@@ -480,8 +488,12 @@ class LLaDA2MoeForCausalLM(LLaDA2MoePreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> MaskedLMOutput:
-        """Float32 logits at every position (``logits`` Float[B, L, V]), as the reference returns them."""
+        """Float32 logits at every position (``logits`` Float[B, L, V]), as the reference returns them.
+
+        Arguments as :meth:`LLaDA2MoeModel.forward`; there is no loss (``labels`` is refused).
+        """
         hidden = self.model(
-            input_ids, attention_mask, position_ids, inputs_embeds, use_cache
+            input_ids, attention_mask, position_ids, inputs_embeds, use_cache, **kwargs
         ).last_hidden_state
-        return MaskedLMOutput(logits=self.lm_head(hidden).float())
+        out = MaskedLMOutput(logits=self.lm_head(hidden).float())
+        return out.to_tuple() if return_dict is False else out
