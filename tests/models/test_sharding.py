@@ -26,6 +26,7 @@ from tide_lightning.models import (
     build_tiny_moe_teacher,
     setup_teacher,
 )
+from tide_lightning.models.frozen import resolve_sharding
 
 VOCAB = 64
 MASK = 63
@@ -180,6 +181,8 @@ def test_sharding_none_is_the_plain_teacher():
     wrapped.end_step()  # no-op without a process group
     with pytest.raises(ValueError, match="'fsdp3'"):
         setup_teacher(teacher, sharding="fsdp3")
+    assert [resolve_sharding("auto", n) for n in (1, 2)] == ["none", "deepspeed"]
+    assert resolve_sharding("auto") == "none"  # no process group: one process
 
 
 class _DistillWithShardedTeacher(L.LightningModule):

@@ -180,10 +180,12 @@ def test_llada2_refuses_eager_attention():
         build_teacher("llada2", model, mask_token_id=63)
 
 
-def _custom_code_tokenizer_dir(directory: Path, qwen3) -> Path:
+def _custom_code_tokenizer_dir(directory: Path, qwen3, mask_token: str | None = None) -> Path:
     """A tokenizer directory as the hub has them: custom classes named in auto_map."""
     qwen3.save_pretrained(str(directory))
     tok_config = json.loads((directory / "tokenizer_config.json").read_text())
+    if mask_token is not None:
+        tok_config["mask_token"] = mask_token
     tok_config["auto_map"] = {"AutoTokenizer": ["tokenization_custom.CustomTokenizer", None]}
     tok_config["tokenizer_class"] = "CustomTokenizer"
     (directory / "tokenizer_config.json").write_text(json.dumps(tok_config))
@@ -195,16 +197,37 @@ def _custom_code_tokenizer_dir(directory: Path, qwen3) -> Path:
     return directory
 
 
-def test_custom_code_tokenizer_loads_without_a_prompt(tmp_path, monkeypatch, qwen3):
-    directory = _custom_code_tokenizer_dir(tmp_path / "tok", qwen3)
+def _closed_stdin(monkeypatch) -> list:
+    """Close stdin and record every ``input()`` call (transformers turns a failed prompt
+    into a ValueError, so raising alone could go unnoticed)."""
+    asked = []
 
-    def no_input(*_args, **_kwargs):
-        raise AssertionError("something asked on stdin")
+    def no_input(*args, **_kwargs):
+        asked.append(args)
+        raise EOFError
 
     monkeypatch.setattr(builtins, "input", no_input)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     sys.stdin.close()
+    return asked
+
+
+def test_custom_code_tokenizer_loads_without_a_prompt(tmp_path, monkeypatch, qwen3):
+    directory = _custom_code_tokenizer_dir(tmp_path / "tok", qwen3)
+    asked = _closed_stdin(monkeypatch)
     tok = load_tokenizer_dir(directory)
     text = "def f(x):\n    return x  # 数学"
     assert tok(text)["input_ids"] == qwen3(text)["input_ids"]
-    assert len(tok) == len(qwen3)
+    assert len(tok) == len(qwen3) and asked == []
+
+
+def test_teacher_directory_with_custom_code_everywhere_loads_without_a_prompt(
+    tmp_path, monkeypatch, qwen3
+):
+    directory = fx.write_hub_dir(tmp_path / "hub", "vocab", REMOTE_STUBS)
+    config = (directory / "config.json").read_text()
+    _custom_code_tokenizer_dir(directory, qwen3, mask_token="<tool_response>")  # id 151665
+    (directory / "config.json").write_text(config)  # the model's config, auto_map and all
+    asked = _closed_stdin(monkeypatch)
+    teacher = tide_lightning.load_teacher(directory, "wedlm")
+    assert teacher.mask_token_id == fx.MASK_ID and asked == []

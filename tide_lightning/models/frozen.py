@@ -143,9 +143,20 @@ class FrozenTeacher:
         return local_parameter_bytes(self.adapter)
 
 
-def _resolve_sharding(sharding: str) -> str:
+def resolve_sharding(sharding: str, world_size: int | None = None) -> str:
+    """``teacher.sharding`` as it runs: ``auto`` is ``deepspeed`` with more than one process.
+
+    Args:
+        sharding: ``auto``, ``deepspeed`` or ``none``.
+        world_size: processes; default the initialised process group's size, else 1.
+
+    Raises:
+        UserError: any other value.
+    """
     if sharding == "auto":
-        return "deepspeed" if dist.is_initialized() and dist.get_world_size() > 1 else "none"
+        if world_size is None:
+            world_size = dist.get_world_size() if dist.is_initialized() else 1
+        return "deepspeed" if world_size > 1 else "none"
     if sharding not in SHARDINGS:
         raise UserError(f"teacher sharding {sharding!r} is not one of auto, {', '.join(SHARDINGS)}")
     return sharding
@@ -196,7 +207,7 @@ def setup_teacher(
     Returns:
         A :class:`FrozenTeacher`.
     """
-    sharding = _resolve_sharding(sharding)
+    sharding = resolve_sharding(sharding)
     if isinstance(source, TeacherAdapter):
         adapter = source.freeze()
         dtype = next(adapter.parameters()).dtype
