@@ -231,3 +231,34 @@ def test_teacher_directory_with_custom_code_everywhere_loads_without_a_prompt(
     asked = _closed_stdin(monkeypatch)
     teacher = tide_lightning.load_teacher(directory, "wedlm")
     assert teacher.mask_token_id == fx.MASK_ID and asked == []
+
+
+@pytest.mark.parametrize("compdemo", [False, True])
+def test_a_shared_pipeline_step_runs_on_the_wedlm_teacher(tmp_path, compdemo):
+    from tide_lightning.method.objective import ObjectiveConfig, distill_step
+    from tide_lightning.models import build_student
+
+    directory = fx.write_hub_dir(tmp_path / "hub", "vocab", REMOTE_STUBS)
+    teacher = tide_lightning.load_teacher(directory, "wedlm", block_size=fx.BLOCK_SIZE)
+    calls = []
+    plain = teacher.logits
+
+    def recorded(input_ids, logits_at, attention_mask=None, clean_ids=None):
+        calls.append((input_ids, logits_at, clean_ids))
+        return plain(input_ids, logits_at, attention_mask=attention_mask, clean_ids=clean_ids)
+
+    teacher.logits = recorded
+    student = build_student(151936, 16, 1, 2, mask_token_id=151669, seed=0)
+    ids = torch.randint(0, 151646, (2, 16), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "maskable": torch.ones_like(ids, dtype=torch.bool)}
+    objective = ObjectiveConfig(variant="tide_shared", block_size=fx.BLOCK_SIZE, compdemo=compdemo)
+    out = distill_step(
+        student, teacher, batch, objective, 0.5, torch.Generator().manual_seed(1), pipeline="shared"
+    )
+    assert torch.isfinite(out.loss) and out.teacher_finite
+    out.loss.backward()
+    assert len(calls) == 1
+    noisy, wanted, clean = calls[0]
+    assert torch.equal(clean, ids.repeat(noisy.shape[0] // 2, 1))  # x0 beside each xt
+    assert (noisy[wanted] == fx.MASK_ID).all()  # the teacher's own mask id, not the student's
+    assert not (noisy == 151669).any()
