@@ -282,3 +282,18 @@ def test_unimplemented_forward_options_are_refused(hub_dirs):
     with torch.no_grad():
         (logits,) = model(ids, return_dict=False, output_hidden_states=None)
     assert logits.shape == (2, 16, 512)
+
+
+def test_registration_happens_only_when_the_package_is_imported():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tide_lightning.models\n"
+        "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
+        "before = 'llada2_moe' in CONFIG_MAPPING or 'tide_lightning.models.llada2' in sys.modules\n"
+        "import tide_lightning.models.llada2\n"
+        "print(before, 'llada2_moe' in CONFIG_MAPPING)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
