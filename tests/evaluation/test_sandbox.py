@@ -678,3 +678,53 @@ def test_landlock_confines_files_where_there_is_no_private_root():
         assert got.pop(readable) == ("read" if os.path.exists(readable) else "FileNotFoundError")
         assert set(got.values()) == {"PermissionError"}, (isolation, got)
         assert not os.path.exists(f"/tmp/{marker}") and not os.path.exists(f"/var/tmp/{marker}")
+
+
+def test_cgroup_plumbing(tmp_path):
+    """The cgroup v2 path (this machine has cgroup v1 memory, so run it on a fake tree)."""
+    mnt = tmp_path / "cgroup"
+    leaf = mnt / "service" / "main"
+    leaf.mkdir(parents=True)
+    for folder, controllers in [(mnt, "cpu memory pids"), (mnt / "service", "memory pids")]:
+        (folder / "cgroup.subtree_control").write_text(controllers + "\n")
+        (folder / "cgroup.procs").write_text("")
+    (leaf / "cgroup.subtree_control").write_text("")
+    proc_cgroup = tmp_path / "cgroup.txt"
+    proc_cgroup.write_text("0::/service/main\n")
+    mountinfo = tmp_path / "mountinfo.txt"
+    mountinfo.write_text(
+        f"41 31 0:38 / {mnt} rw,relatime - cgroup2 cgroup2 rw\n"
+        "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+    )
+    # The leaf has no controllers: runs become its siblings under the delegated parent.
+    assert sandbox._cgroup_parent(str(proc_cgroup), str(mountinfo)) == str(mnt / "service")
+    proc_cgroup.write_text("0::/\n")
+    assert sandbox._cgroup_parent(str(proc_cgroup), str(mountinfo)) == str(mnt)
+    (mnt / "cgroup.subtree_control").write_text("cpu\n")
+    assert sandbox._cgroup_parent(str(proc_cgroup), str(mountinfo)) is None
+    assert sandbox._cgroup_parent(str(tmp_path / "absent"), str(mountinfo)) is None
+
+    path = Path(sandbox._make_cgroup(str(mnt / "service"), memory_mb=512, max_processes=8))
+    assert path.parent == mnt / "service"
+    assert (path / "memory.max").read_text() == str(512 * 2**20)
+    assert (path / "memory.swap.max").read_text() == "0"
+    assert (path / "memory.oom.group").read_text() == "1"
+    assert (path / "pids.max").read_text() == "10"
+    (path / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n")
+    assert not sandbox._cgroup_oom_killed(str(path))
+    (path / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n")
+    assert sandbox._cgroup_oom_killed(str(path))
+    for name in os.listdir(path):  # a real cgroup's files vanish with it
+        os.remove(path / name)
+    sandbox._remove_cgroup(str(path))
+    assert not path.exists()
+
+
+def test_cgroup_set_up_when_the_machine_has_one():
+    caps = sandbox_capabilities()
+    if caps.memory != "cgroup":
+        pytest.skip("no delegated cgroup v2 memory controller here (the rlimit plan is used)")
+    result = run("import os\nprint(open('/proc/self/cgroup').read())\n", timeout=5)
+    assert result.passed and "tide_sandbox_" in result.stdout, result
+    parent = sandbox._cgroup_parent()
+    assert not [n for n in os.listdir(parent) if n.startswith("tide_sandbox_")]

@@ -621,20 +621,37 @@ def _landlock_abi() -> int:
         return 0
 
 
-def _cgroup_parent() -> str | None:
-    """A cgroup v2 directory we may create children in, with memory delegated to them."""
+def _cgroup_parent(
+    proc_cgroup: str = "/proc/self/cgroup", mountinfo: str = "/proc/self/mountinfo"
+) -> str | None:
+    """A cgroup v2 directory we may create children in, with memory delegated to them.
+
+    Our own cgroup if it is the root (exempt from "no internal processes"), else its
+    parent: the usual delegation (systemd ``Delegate=yes``) has the service move
+    itself into a leaf, so runs become the leaf's siblings. Needs ``memory`` and
+    ``pids`` in the directory's ``cgroup.subtree_control`` and write access.
+    """
     try:
-        with open("/proc/self/cgroup", encoding="utf-8") as f:
+        with open(proc_cgroup, encoding="utf-8") as f:
             path = next(line[3:].strip() for line in f if line.startswith("0::"))
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        with open(mountinfo, encoding="utf-8") as f:
             mnt = next(line.split()[4] for line in f if " - cgroup2 " in line)
-        parent = os.path.normpath(mnt + path)
-        with open(os.path.join(parent, "cgroup.subtree_control"), encoding="utf-8") as f:
-            enabled = f.read().split()
-    except (OSError, StopIteration):
+    except (OSError, StopIteration, IndexError):
         return None
-    if "memory" in enabled and "pids" in enabled and os.access(parent, os.W_OK):
-        return parent
+    own = os.path.normpath(mnt + "/" + path)
+    for folder in dict.fromkeys([own, os.path.dirname(own)]):
+        if not (folder == mnt or folder.startswith(mnt.rstrip("/") + "/")):
+            continue
+        try:
+            with open(os.path.join(folder, "cgroup.subtree_control"), encoding="utf-8") as f:
+                enabled = f.read().split()
+        except OSError:
+            continue
+        writable = os.access(folder, os.W_OK) and os.access(
+            os.path.join(folder, "cgroup.procs"), os.W_OK
+        )
+        if {"memory", "pids"} <= set(enabled) and writable:
+            return folder
     return None
 
 
@@ -659,8 +676,10 @@ def _cgroup_oom_killed(path: str) -> bool:
 
 
 def _remove_cgroup(path: str) -> None:
-    with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.kill"), "w") as f:
-        f.write("1")
+    kill = os.path.join(path, "cgroup.kill")  # Linux >= 5.14; the namespace is gone anyway
+    if os.path.exists(kill):
+        with contextlib.suppress(OSError), open(kill, "w") as f:
+            f.write("1")
     for _ in range(100):
         try:
             os.rmdir(path)
@@ -737,7 +756,11 @@ print(open("canary.txt").read())
 def _isolation() -> Isolation:
     failures = []
     for isolation in _candidates():
-        result = _run(_CANARY, isolation, timeout=20.0, memory_mb=1024)
+        try:
+            result = _run(_CANARY, isolation, timeout=20.0, memory_mb=1024)
+        except Exception as exc:  # e.g. a cgroup that cannot be created after all
+            failures.append(f"{isolation}: {type(exc).__name__}: {exc}")
+            continue
         if result.passed and result.stdout == "ok\n":
             full = Isolation(**{**isolation.__dict__, "missing": _describe_missing(isolation)})
             for line in full.missing:
