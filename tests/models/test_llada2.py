@@ -297,3 +297,15 @@ def test_registration_happens_only_when_the_package_is_imported():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_every_published_config_key_is_a_declared_field():
+    import dataclasses
+
+    from tide_lightning.models.llada2 import LLaDA2MoeConfig
+
+    declared = {f.name for f in dataclasses.fields(LLaDA2MoeConfig)}
+    # Folded by transformers itself: rope_theta/rope_scaling -> rope_parameters (checked),
+    # torch_dtype -> dtype; auto_map names the remote code this model replaces.
+    handled = {"rope_theta", "rope_scaling", "torch_dtype", "auto_map", "model_type"}
+    assert set(fx.MINI_CONFIG) - declared <= handled
