@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 import tide_lightning
 from tide_lightning.errors import UserError
+from tide_lightning.method.interfaces import Teacher
 from tide_lightning.models import (
     TEACHER_KINDS,
     FrozenTeacher,
@@ -183,6 +184,7 @@ def test_load_round_trip_and_failures(tmp_path):
     assert config["mask_token_id"] == MASK
     frozen = setup_teacher(tmp_path / "t", "tiny_moe")  # one process: sharding "none"
     assert frozen.backend == "none" and frozen.is_frozen()
+    assert isinstance(frozen, Teacher) and frozen.mask_token_id == MASK
     torch.testing.assert_close(frozen.logits(x, sel), teacher.logits(x, sel))
     public = tide_lightning.load_teacher(tmp_path / "t", "tiny_moe")
     torch.testing.assert_close(public.logits(x, sel), teacher.logits(x, sel))

@@ -531,20 +531,24 @@ def check_non_persistent_buffers(model: nn.Module, where: str = "teacher") -> No
     with init_empty_weights(include_buffers=False):
         fresh = type(model)._from_config(model.config)
     expected = dict(fresh.named_buffers())
-    persistent = set(model.state_dict())
-    for name, loaded in model.named_buffers():
-        if name in persistent:
-            continue
-        want = expected.get(name)
-        if want is None or want.shape != loaded.shape:
-            raise UserError(f"{where} buffer {name!r} has no counterpart in a fresh copy")
-        want = want.to(device=loaded.device, dtype=loaded.dtype)
-        if not torch.allclose(loaded.float(), want.float(), rtol=1e-5, atol=0.0):
-            worst = (loaded.float() - want.float()).abs().max().item()
-            raise UserError(
-                f"{where} buffer {name!r} differs from a fresh from_config copy (max deviation "
-                f"{worst:.3g}); its values were not computed at load, refusing to start"
-            )
+    for owner_name, owner in model.named_modules():
+        for short in sorted(owner._non_persistent_buffers_set):
+            loaded = owner._buffers.get(short)
+            if loaded is not None:
+                _compare_buffer(f"{owner_name}.{short}".lstrip("."), loaded, expected, where)
+
+
+def _compare_buffer(name: str, loaded: Tensor, expected: dict[str, Tensor], where: str) -> None:
+    want = expected.get(name)
+    if want is None or want.shape != loaded.shape:
+        raise UserError(f"{where} buffer {name!r} has no counterpart in a fresh copy")
+    want = want.to(device=loaded.device, dtype=loaded.dtype)
+    if not torch.allclose(loaded.float(), want.float(), rtol=1e-5, atol=0.0):
+        worst = (loaded.float() - want.float()).abs().max().item()
+        raise UserError(
+            f"{where} buffer {name!r} differs from a fresh from_config copy (max deviation "
+            f"{worst:.3g}); its values were not computed at load, refusing to start"
+        )
 
 
 def load_adapter(
