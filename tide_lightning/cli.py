@@ -281,8 +281,41 @@ def evaluate_command(args: argparse.Namespace) -> None:
         loaded.student, loaded.tokenizer, chat=False, batch_size=args.batch_size,
         seed=args.seed, **_sampling_options(args, loaded.block_size),
     )  # fmt: skip
-    summary = evaluate(generate_fn, tasks, args.out, batch_size=args.batch_size)
+    provenance = _evaluate_provenance(args, loaded, tasks, data)
+    summary = evaluate(
+        generate_fn, tasks, args.out, batch_size=args.batch_size, provenance=provenance
+    )
     print(format_summary(summary), end="")
+    print(f"records, summary and provenance: {args.out}")
+
+
+def _evaluate_provenance(args: argparse.Namespace, loaded, tasks, data: dict) -> dict:
+    """What produced an evaluation: model, sampler, task data, code version, date."""
+    import datetime
+    from pathlib import Path
+
+    from tide_lightning.generation.export import code_version, model_provenance
+
+    task_info = {}
+    for task in tasks:
+        path = data.get(task.name)
+        info = {
+            "data": str(Path(path).resolve()) if path else "bundled with its package",
+            "items": len(task.samples),
+            "limit": args.limit,
+        }
+        if args.limit is not None and len(task.samples) < args.limit:
+            info["fewer_than_limit"] = f"the data holds only {len(task.samples)} items"
+        task_info[task.name] = info
+    sampler = _sampling_options(args, loaded.block_size)
+    sampler |= {"seed": args.seed, "batch_size": args.batch_size, "dtype": args.dtype}
+    return {
+        "model": model_provenance(args.model),
+        "sampler": sampler,
+        "tasks": task_info,
+        "code_version": code_version(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _evaluate_suite(args: argparse.Namespace) -> None:
@@ -414,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("TIDE_DEBUG", "") not in ("", "0")
     try:
+        if args.command != "print-config":  # the commands that load torch and models
+            from tide_lightning.training.run import quiet_third_party
+
+            quiet_third_party()
         COMMANDS[args.command][2](args)
     except (UserError, FileNotFoundError) as err:
         if debug:

@@ -104,6 +104,7 @@ def evaluate(
     batch_size: int = 8,
     workers: int | None = None,
     show_progress: bool = True,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run every task, write ``<task>.jsonl`` records and ``summary.{json,md}``.
 
@@ -114,6 +115,9 @@ def evaluate(
         batch_size: prompts per ``generate_fn`` call.
         workers: scoring threads (default ``min(4, cpu_count)``).
         show_progress: show progress bars.
+        provenance: what produced the scores (model path and hash, sampler settings,
+            task data files and item counts, code version, date); written as
+            ``provenance.json`` and at the top of ``summary.md``.
 
     Returns:
         ``{task: {"n": count, metric: percentage, ...}}``.
@@ -134,5 +138,10 @@ def evaluate(
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
         summary[task.name] = summarize(task, records)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out_dir / "summary.md").write_text(format_summary(summary))
+    header = ""
+    if provenance is not None:
+        (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        header = "".join(f"- {key}: {json.dumps(value)}\n" for key, value in provenance.items())
+        header += "\n"
+    (out_dir / "summary.md").write_text(header + format_summary(summary))
     return summary

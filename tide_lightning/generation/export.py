@@ -311,3 +311,57 @@ def load_any(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     student = student.to(device)
     return LoadedStudent(student.eval(), tokenizer, int(block_size or DEFAULT_BLOCK_SIZE))
+
+
+# --- provenance ----------------------------------------------------------------------------
+
+
+def code_version() -> str:
+    """``git describe --always --dirty`` of this checkout, else the installed package version."""
+    import subprocess
+    from importlib import metadata
+
+    root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists():
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
+                capture_output=True, text=True, timeout=10,
+            )  # fmt: skip
+            if done.returncode == 0 and done.stdout.strip():
+                return f"git {done.stdout.strip()}"
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    try:
+        return f"tide_lightning {metadata.version('tide_lightning')}"
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_provenance(path: str | Path) -> dict[str, Any]:
+    """Which model: its absolute path and the SHA-256 of its weights.
+
+    Args:
+        path: an exported directory (``*.safetensors`` hashed, in name order) or a
+            checkpoint file; a checkpoint directory is recorded without a hash.
+
+    Returns:
+        ``{"path": ..., "sha256": {file name: hex} }``.
+    """
+    path = Path(path).resolve()
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    return {"path": str(path), "sha256": {f.name: file_sha256(f) for f in files}}

@@ -247,7 +247,14 @@ def quiet_third_party() -> None:
     - Lightning's own use of a torch pytree API torch deprecated (not our code).
     - Lightning's advice about ``IterableDataset.__len__`` with several workers: the data
       module splits its stream per rank and worker itself (tests/data).
+    - DeepSpeed's "Setting accelerator to CPU ... unable to detect" warning (printed on
+      stdout when it guesses): without CUDA the accelerator is named, ``DS_ACCELERATOR=cpu``,
+      unless the environment already chose one.
     """
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
