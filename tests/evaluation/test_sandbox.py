@@ -728,3 +728,15 @@ def test_cgroup_set_up_when_the_machine_has_one():
     assert result.passed and "tide_sandbox_" in result.stdout, result
     parent = sandbox._cgroup_parent()
     assert not [n for n in os.listdir(parent) if n.startswith("tide_sandbox_")]
+
+
+def test_hook_off_the_evaluators_session_keyring_is_not_reachable():
+    if os.uname().machine != "x86_64":
+        pytest.skip("keyctl syscall number checked for x86_64 only")
+    import ctypes
+
+    # keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, create=0)
+    ours = ctypes.CDLL(None).syscall(250, 0, -3, 0)
+    result = hook_off_run("print(ctypes.CDLL(None).syscall(250, 0, -3, 0))\n", timeout=5)
+    assert result.passed, result.stderr
+    assert int(result.stdout) != ours, "the program shares the evaluator's keys"
