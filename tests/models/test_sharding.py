@@ -56,7 +56,7 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
         WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
     )  # fmt: skip
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    import tide_lightning
     from tide_lightning.models import build_teacher, load_adapter, zero3_config
     from tide_lightning.models.sharding import (
         LockstepGuard,
@@ -69,15 +69,22 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
 
     report = {}
     reference = build_tiny_moe_teacher(VOCAB, MASK, pad_token_id=PAD, seed=0)
-    if rank == 0:
-        reference.save_pretrained(os.path.join(workdir, "teacher"))
-    dist.barrier()
+    teacher_dir = os.path.join(workdir, f"teacher{rank}")  # the same weights on each rank
+    reference.save_pretrained(teacher_dir)
+    x, valid, selected = _inputs(rank)
+
+    # 0. The public API with no process group yet: it creates one from the environment.
+    public = tide_lightning.load_teacher(teacher_dir, "tiny_moe", sharding="deepspeed")
+    report["group_created"] = dist.is_initialized() and dist.get_world_size() == world
+    got = public.logits(x, selected, attention_mask=valid)
+    report["public_max_err"] = (
+        (got - reference.logits(x, selected, attention_mask=valid)).abs().max().item()
+    )
+    public.end_step()
 
     # 1. Loaded already partitioned (no rank ever held the whole model), bidirectional mode.
     config = zero3_config()
-    loaded = load_adapter(
-        "tiny_moe", os.path.join(workdir, "teacher"), init_context=lambda: zero3_init(config)
-    )
+    loaded = load_adapter("tiny_moe", teacher_dir, init_context=lambda: zero3_init(config))
     report["partitioned_at_load"] = is_partitioned(loaded)
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
@@ -86,7 +93,6 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
     report["zero3_released"] = not is_deepspeed_zero3_enabled()
     report["student_whole"] = not is_partitioned(build_student(VOCAB, 16, 1, 2, mask_token_id=MASK))
     sharded = setup_teacher(loaded, sharding="deepspeed", guard_timeout_s=20)
-    x, valid, selected = _inputs(rank)
     got = sharded.logits(x, selected, attention_mask=valid)
     want = reference.logits(x, selected, attention_mask=valid)
     report["bidirectional_max_err"] = (got - want).abs().max().item()
@@ -100,7 +106,7 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
     sharded.end_step()
 
     # The one-call set-up picks ZeRO-3 by itself with two processes.
-    holder = setup_teacher(os.path.join(workdir, "teacher"), "tiny_moe", guard_timeout_s=20)
+    holder = setup_teacher(teacher_dir, "tiny_moe", guard_timeout_s=20)
     report["setup_backend"] = holder.backend
     got = holder.logits(x, selected, attention_mask=valid)
     want = reference.logits(x, selected, attention_mask=valid)
@@ -153,6 +159,7 @@ def test_zero3_teacher_over_two_gloo_processes(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rank, report in enumerate(reports):
+        assert report["group_created"] and report["public_max_err"] < 1e-5, report
         assert report["partitioned_at_load"]
         assert report["zero3_released"] and report["student_whole"]
         assert report["setup_backend"] == "deepspeed" and report["setup_max_err"] < 1e-5
