@@ -41,8 +41,7 @@ class Student(Protocol):
             xt: Long[B, L] noisy ids (``mask_token_id`` at the masked positions).
             x0: Long[B, L] clean ids (the block-diffusion student attends to them).
             logits_at: Bool[B, L] positions whose logits are wanted.
-            block_size: the block size of the attention rule (docs/method.md, "Block
-                diffusion").
+            block_size: the block size of the attention rule (docs/method.md §3.2).
             attention_mask: Bool[B, L] real tokens, or None (no padding).
 
         Returns:
