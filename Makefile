@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install install-eval demo test test-all lint bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,12 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	# dependencies (datasets, evaluate, ...) are needed to run benchmarks, not the tests.
 	$(BIN)/python -m pip install --quiet --no-deps "lm-eval>=0.4.8,<0.5"
 	touch $(STAMP)
+
+# lm-evaluation-harness with its dependencies (datasets, dill, evaluate, ...) for
+# `python -m tide_lightning.evaluation.lm_eval_adapter`; torch and transformers stay as pinned.
+install-eval: install
+	$(BIN)/python -m pip install --quiet "lm-eval>=0.4.8,<0.5"
+	$(BIN)/python -c "import lm_eval.evaluator, lm_eval.tasks"
 
 demo: install
 	$(BIN)/python -m tide_lightning demo

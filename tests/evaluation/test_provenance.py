@@ -48,3 +48,15 @@ def test_evaluate_records_model_sampler_data_and_why_fewer_items(tmp_path, small
     assert record["code_version"].startswith(("git ", "tide_lightning "))
     assert record["date"].startswith("20")
     assert (out / "summary.md").read_text().startswith("- model: ")
+
+
+def test_lm_eval_adapter_says_what_to_install_when_a_dependency_is_missing(monkeypatch):
+    import sys
+
+    import pytest
+
+    from tide_lightning.evaluation import lm_eval_adapter
+
+    monkeypatch.setitem(sys.modules, "lm_eval.evaluator", None)  # import raises
+    with pytest.raises(SystemExit, match=r"is missing: run make install-eval \(or: pip install"):
+        lm_eval_adapter.main()

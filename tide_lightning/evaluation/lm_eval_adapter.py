@@ -165,8 +165,17 @@ def register() -> type:
     return TideBD3LM
 
 
+INSTALL_HINT = "make install-eval (or: pip install 'lm-eval>=0.4.8,<0.5' with its dependencies)"
+
+
 def main() -> None:
     """Register ``tide_bd3lm``, then hand the command line to lm_eval."""
+    try:  # what an evaluation imports (datasets, dill, ...), before any model loads
+        import lm_eval.evaluator  # noqa: F401
+        import lm_eval.tasks  # noqa: F401
+    except ModuleNotFoundError as err:
+        missing = f"error: lm-eval cannot run, {err.name!r} is missing: run {INSTALL_HINT}"
+        raise SystemExit(missing) from None
     register()
     from lm_eval.__main__ import cli_evaluate
 
