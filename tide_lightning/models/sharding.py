@@ -45,6 +45,7 @@ def zero3_config(
     persistence_threshold: int = 0,
     prefetch_bucket_size: int = 50_000_000,
     max_live_parameters: int = 1_000_000_000,
+    node_size: int = 1,
 ) -> dict:
     """A DeepSpeed ZeRO-3 inference config (nested keys, as DeepSpeed reads them).
 
@@ -55,6 +56,11 @@ def zero3_config(
             entirely replicated; 0 really shards everything.
         prefetch_bucket_size: elements fetched ahead of use.
         max_live_parameters: elements gathered at once before freeing.
+        node_size: ranks per node for ``teacher.shard_group: node``; above 1 each rank also
+            keeps a secondary partition over its node's ranks (ZeRO++ hierarchical
+            partitioning, ``zero_hpz_partition_size``), and every teacher all-gather then
+            runs inside the node: per-rank teacher memory ``1/W + 1/node_size`` of the model
+            instead of ``1/W``, no teacher traffic between nodes.
 
     Returns:
         The config dict for ``deepspeed.initialize`` / ``HfDeepSpeedConfig``.
@@ -67,6 +73,7 @@ def zero3_config(
             "stage3_param_persistence_threshold": persistence_threshold,
             "stage3_prefetch_bucket_size": prefetch_bucket_size,
             "stage3_max_live_parameters": max_live_parameters,
+            "zero_hpz_partition_size": node_size,
         },
         "bf16": {"enabled": dtype == torch.bfloat16},
         "fp16": {"enabled": False},
