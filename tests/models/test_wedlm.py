@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -262,3 +263,17 @@ def test_a_shared_pipeline_step_runs_on_the_wedlm_teacher(tmp_path, compdemo):
     assert torch.equal(clean, ids.repeat(noisy.shape[0] // 2, 1))  # x0 beside each xt
     assert (noisy[wanted] == fx.MASK_ID).all()  # the teacher's own mask id, not the student's
     assert not (noisy == 151669).any()
+
+
+def test_the_full_size_wedlm_8b_config_builds_as_qwen3_8b():
+    from accelerate import init_empty_weights
+
+    from tide_lightning.models.teachers import wedlm_qwen3_config
+
+    config = wedlm_qwen3_config(fx.WEDLM_8B_CONFIG)
+    with init_empty_weights():
+        model = Qwen3ForCausalLM(config)
+    count = sum(p.numel() for p in model.parameters())
+    assert count == sum(math.prod(shape) for shape in fx.keys_of(fx.WEDLM_8B_CONFIG).values())
+    assert round(count / 1e9, 2) == 8.19  # Qwen3-8B's published size
+    assert config.use_cache is False and config.rope_parameters["rope_theta"] == 1e6
