@@ -442,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(err: BaseException) -> str:
+    """The user's one line; a dataloader worker's error arrives wrapped in its traceback."""
+    text = str(err)
+    if "Original Traceback" in text:  # torch re-raises "Caught X in DataLoader worker..."
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors print ``error: ...`` and return 2."""
     args = build_parser().parse_args(argv)
@@ -455,6 +463,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_message(err)}", file=sys.stderr)
         return 2
     return 0

@@ -13,6 +13,7 @@ from tide_lightning.data import DistillDataModule, SourceSpec
 from tide_lightning.data.examples import text_tokens
 from tide_lightning.data.mixing import Mixture
 from tide_lightning.data.sources import SkipLog
+from tide_lightning.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,7 @@ def test_all_bad_source_stops_with_a_message(tok, tmp_path):
         [SourceSpec("jsonl", str(tmp_path / "bad.jsonl"))], tok, max_length=16, block_size=8,
         batch_size=2, num_workers=0,
     )  # fmt: skip
-    with pytest.raises(RuntimeError, match="no usable document"):
+    with pytest.raises(UserError, match=r"no usable document .*skipped: malformed_json \d+"):
         _run(dm, 0, 1, 1)
 
 

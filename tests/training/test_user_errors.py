@@ -84,3 +84,13 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("TIDE_DEBUG", "1")
     with pytest.raises(UserError, match="holds no documents"):
         _fit(tmp_path / "run", _source("jsonl", empty))
+
+
+def test_no_usable_record_in_worker_processes(tmp_path, capsys):
+    data = tmp_path / "all_bad.jsonl"
+    data.write_text('{broken\n{"text": 5}\n')
+    overrides = [_source("jsonl", data), "data.num_workers=2", "trainer.max_steps=1"]
+    assert _fit(tmp_path / "run", *overrides) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("error: no usable document in ") and str(data) in err
+    assert "malformed_json" in err and "bad_field" in err

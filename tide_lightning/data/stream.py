@@ -37,6 +37,7 @@ from tide_lightning.data.collate import collate
 from tide_lightning.data.examples import Example, ExampleBuilder
 from tide_lightning.data.mixing import Mixture
 from tide_lightning.data.sources import SKIP_REASONS, DocumentSource, SkipLog
+from tide_lightning.errors import UserError
 
 STREAM_KEY = "_stream_cursor"
 SKIPS_KEY = "_stream_skips"
@@ -216,9 +217,11 @@ class ShardedStream(IterableDataset):
                 if ex is None or ex is _FAILED:
                     bad_run += 1
                     if bad_run > 2 * total_docs + 100:
-                        raise RuntimeError(
+                        seen = ", ".join(f"{r} {n}" for r, n in skips.counts.items())
+                        raise UserError(
                             f"no usable document in {bad_run} reads from "
-                            f"{[s.spec.path for s in self.sources]}: check the sources"
+                            f"{', '.join(s.spec.path for s in self.sources)} "
+                            f"(skipped: {seen or 'none'}): check the sources"
                         )
                     continue
                 bad_run = 0
