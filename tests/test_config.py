@@ -73,6 +73,7 @@ BAD_VALUES = [
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be >= 0"),
     ("trainer.precision=fp8", "trainer.precision must be one of 32-true"),
     ("trainer.accelerator=quantum", "trainer.accelerator must be one of auto, cpu"),
+    ("trainer.strategy=ddpp", "trainer.strategy must be one of auto, ddp,"),
     ("trainer.limit_val_batches=-1", "trainer.limit_val_batches must be >= 0"),
 ]
 

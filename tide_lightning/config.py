@@ -307,7 +307,7 @@ class TrainerConfig:
     num_nodes: int = 1
     """Nodes (>= 1)."""
     strategy: str = "auto"
-    """Lightning strategy; auto: DDP with more than one process."""
+    """Lightning strategy name (ddp, fsdp, ...); auto: DDP with more than one process."""
     precision: str | None = None
     """32-true, bf16-mixed, 16-mixed, bf16-true, 16-true or 64-true; None: bf16-mixed on
     GPU, 32-true on CPU (decided on the machine that trains)."""
@@ -339,6 +339,11 @@ class TrainerConfig:
         require(s is None or s > 0, "trainer.max_steps", "> 0 (or null)", s)
         require(e is None or e > 0, "trainer.epochs", "> 0 (or null)", e)
         require_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
+        if self.strategy != "auto":  # only then is Lightning imported, to read its registry
+            from lightning.pytorch.strategies import StrategyRegistry
+
+            names = ("auto", *sorted(StrategyRegistry.available_strategies()))
+            require_choice("trainer.strategy", self.strategy, names)
         if self.precision is not None:
             require_choice("trainer.precision", self.precision, PRECISIONS)
         for key in (
