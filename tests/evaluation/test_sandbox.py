@@ -305,9 +305,11 @@ def test_kernel_layers_when_available():
             """
         result = run(source, timeout=5)
         assert result.passed, result.stderr
-    if caps.unique_uid:
-        result = run(f"import os\nassert os.getuid() >= {sandbox._UID_BASE}\n", timeout=5)
+    if caps.unique_uid:  # uid 0 of a user namespace of its own, that host uid outside
+        result = run("print(open('/proc/self/uid_map').read().split())\n", timeout=5)
         assert result.passed, result.stderr
+        inside, outside, count = eval(result.stdout)
+        assert inside == "0" and int(outside) >= sandbox._UID_BASE and count == "1"
     if caps.private_root:
         source = """
             import os
@@ -740,3 +742,23 @@ def test_hook_off_the_evaluators_session_keyring_is_not_reachable():
     result = hook_off_run("print(ctypes.CDLL(None).syscall(250, 0, -3, 0))\n", timeout=5)
     assert result.passed, result.stderr
     assert int(result.stdout) != ours, "the program shares the evaluator's keys"
+
+
+def test_hook_off_no_capability_and_no_nested_user_namespace():
+    caps = sandbox_capabilities()
+    if not (caps.unique_uid or caps.user_namespace) or os.uname().machine != "x86_64":
+        pytest.skip("no privilege drop to check here")
+    source = """
+        libc = ctypes.CDLL(None, use_errno=True)
+        status = open("/proc/self/status").read()
+        print(status.split("CapEff:")[1].split()[0], status.split("CapBnd:")[1].split()[0])
+        print(status.split("NoNewPrivs:")[1].split()[0])
+        print(libc.unshare(0x10000000), ctypes.get_errno())  # CLONE_NEWUSER
+        print(libc.mount(None, b"/", None, 32, None), ctypes.get_errno())  # remount rw
+        """
+    result = hook_off_run(source, timeout=5)
+    assert result.passed, result.stderr
+    capabilities, no_new_privs, userns, remount = result.stdout.splitlines()
+    effective, bounding = capabilities.split()
+    assert effective == bounding == "0000000000000000" and no_new_privs == "1"
+    assert userns.split()[0] == "-1" and remount.split()[0] == "-1"

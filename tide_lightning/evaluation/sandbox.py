@@ -377,17 +377,36 @@ def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox in
                 (resource.RLIMIT_CORE, (0, 0)),
             ]:
                 resource.setrlimit(which, value)
+
+            def drop_bounding_set() -> None:
+                with open("/proc/sys/kernel/cap_last_cap") as f:
+                    last_cap = int(f.read())
+                for cap in range(last_cap + 1):
+                    prctl(24, cap)  # PR_CAPBSET_DROP
+
             if os.geteuid() == 0:  # root or root of the user namespace
                 if linux:
-                    with open("/proc/sys/kernel/cap_last_cap") as f:
-                        last_cap = int(f.read())
-                    for cap in range(last_cap + 1):
-                        prctl(24, cap)  # PR_CAPBSET_DROP
+                    drop_bounding_set()
                 if root_evaluator:
                     os.setgroups([])
                     os.setgid(program_uid)
                     os.setuid(program_uid)  # clears every capability
-                elif linux:
+                    prctl(4, 1)  # a uid change made it non-dumpable: /proc/self back
+                    if linux:  # a user namespace of its own, only to forbid nested ones
+                        with contextlib.suppress(OSError):
+                            check(libc.unshare(0x10000000), "unshare")
+                            for name, text in (("setgroups", "deny"),
+                                               ("uid_map", f"0 {program_uid} 1"),
+                                               ("gid_map", f"0 {program_uid} 1")):  # fmt: skip
+                                with open(f"/proc/self/{name}", "w") as f:
+                                    f.write(text)
+                if linux and os.geteuid() == 0:  # root of a user namespace
+                    # No nested user namespaces (the usual door to kernel exploits, and
+                    # to mounting a sysfs of its own), then not one capability left.
+                    limit = "/proc/sys/user/max_user_namespaces"
+                    with contextlib.suppress(OSError), open(limit, "w") as f:
+                        f.write("0")
+                    drop_bounding_set()  # a new user namespace starts with a full one
 
                     class Header(ctypes.Structure):
                         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
