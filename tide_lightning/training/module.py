@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -21,6 +22,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from tide_lightning.config import OptimConfig
+from tide_lightning.method.interfaces import Teacher
 from tide_lightning.method.objective import ObjectiveConfig, StepOutput, distill_step
 from tide_lightning.method.schedules import lambda_train
 from tide_lightning.models.frozen import FrozenTeacher
@@ -62,14 +64,14 @@ class DistillationModule(L.LightningModule):
     def __init__(
         self,
         student: torch.nn.Module,
-        teacher,
+        teacher: Teacher | None,
         objective: ObjectiveConfig,
         optim: OptimConfig,
         pipeline: str = "shared",
         total_steps: int = 1000,
         seed: int = 0,
         val_seed: int = 1234,
-        teacher_factory=None,
+        teacher_factory: Callable[[], FrozenTeacher] | None = None,
         teacher_label: str = "teacher",
     ) -> None:
         super().__init__()
