@@ -20,13 +20,17 @@ supervisor, on Linux where the kernel allows it (probed once, see
    project, run folders, checkpoints, home directories and the host's ``/tmp`` are
    simply not there, and the tmpfs vanishes with the namespace.
 3. The monitor forks the program process, which closes every inherited descriptor
-   but its own two pipes, sets resource limits (CPU seconds, address space, file size,
-   processes, open files, no core files), drops privileges (as root: a fresh uid
-   nobody uses, one per run; in a user namespace: every capability, the bounding set
-   included), sets ``no_new_privs``, installs the audit hook and runs the program.
+   but its own pipes, joins a fresh session keyring, sets resource limits (CPU
+   seconds, address space, file size, processes, open files, no core files), drops
+   privileges (as root: a fresh uid nobody uses, one per run), ends up root of a user
+   namespace that may create no nested one, with no capability and an empty bounding
+   set, sets ``no_new_privs``, installs the audit hook and runs the program.
 4. Memory for the whole process tree: a cgroup v2 (``memory.max``, ``pids.max``)
    where the evaluator's cgroup delegates the memory controller; otherwise
    ``RLIMIT_NPROC`` x ``RLIMIT_AS`` <= ``memory_mb`` (:func:`memory_plan`).
+5. Without namespaces (or when a mount is refused), Landlock where the kernel has it:
+   reads only in the system and interpreter folders, writes only in the run's own
+   directory, no TCP, no signals leaving the run.
 
 Verdict: the monitor, which the program can neither signal (PID 1 ignores it), trace
 nor read (it keeps its capabilities or runs as root, and is not dumpable), reports
@@ -37,8 +41,8 @@ only after the program's last statement and echoes it back. Anything else arrivi
 on that pipe is a forgery and makes the verdict ``error``.
 
 Where a layer is missing (no namespaces, e.g. unprivileged user namespaces disabled;
-no writable cgroup v2), the next one still holds and :func:`sandbox_capabilities`
-lists what is missing; docs/evaluation.md has the table.
+no writable cgroup v2; no Landlock), the others still hold and
+:func:`sandbox_capabilities` lists what is missing; docs/evaluation.md has the table.
 """
 
 from __future__ import annotations
