@@ -94,3 +94,16 @@ def test_no_usable_record_in_worker_processes(tmp_path, capsys):
     err = _one_line_error(capsys)
     assert err.startswith("error: no usable document in ") and str(data) in err
     assert "malformed_json" in err and "bad_field" in err
+
+
+def test_validate_with_a_broken_or_missing_checkpoint(tmp_path, capsys):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"PK\x03\x04 torn")
+    argv = ["validate", "--config", str(CONF / "tiny.yaml"), f"run_dir={tmp_path / 'run'}"]
+    assert main([*argv, "--ckpt", str(broken)]) == 2
+    assert _one_line_error(capsys).startswith(f"error: resume checkpoint {broken} cannot be loaded")
+    assert main([*argv, "--ckpt", str(tmp_path / "nope.ckpt")]) == 2
+    assert (
+        _one_line_error(capsys)
+        == f"error: resume checkpoint {tmp_path / 'nope.ckpt'}: no such file"
+    )

@@ -333,12 +333,14 @@ def validate(config: RunConfig, ckpt: str | None = None, name: str = "validate")
     step, a run of their own beside the training curves (never over them).
     """
     from tide_lightning.training.builders import build_run, resume_path
+    from tide_lightning.training.checkpoints import resume_checkpoint
     from tide_lightning.training.tensorboard import RunLogger
 
     quiet_third_party()
     config = resolved(config)
     check_world_size(config)
-    ckpt = ckpt or resume_path(config)
+    # An explicit --ckpt must exist and load (one-line error otherwise).
+    ckpt = resume_checkpoint(ckpt, config.run_dir) if ckpt else resume_path(config)
     if ckpt is None:
         raise UserError(f"nothing to validate: no checkpoint in {config.run_dir}; pass --ckpt")
     run = build_run(config)
