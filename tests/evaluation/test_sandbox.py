@@ -762,3 +762,13 @@ def test_hook_off_no_capability_and_no_nested_user_namespace():
     effective, bounding = capabilities.split()
     assert effective == bounding == "0000000000000000" and no_new_privs == "1"
     assert userns.split()[0] == "-1" and remount.split()[0] == "-1"
+
+
+def test_closing_its_own_pipes_does_not_hang_or_pass():
+    start = time.monotonic()
+    result = hook_off_run(
+        "import os\nos.closerange(3, 64)\nimport time\ntime.sleep(1)\n", timeout=5
+    )
+    assert result.status == "failed" and result.detail == "exited before the end of the program"
+    assert time.monotonic() - start < 4
+    carries_on()

@@ -445,13 +445,15 @@ def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox in
     # orphans (PID 1 inherits them) until the program itself is gone.
     import select
 
-    pending, relayed, wait_status = b"", 0, None
+    pending, relayed, wait_status, watched = b"", 0, None, [violation_r]
     while wait_status is None:
-        readable, _, _ = select.select([violation_r], [], [], 0.05)
+        readable, _, _ = select.select(watched, [], [], 0.05)
         if readable:
             chunk = b""
             with contextlib.suppress(OSError):
                 chunk = os.read(violation_r, 65536)
+            if not chunk:  # every writer closed it: stop watching, or this would spin
+                watched = []
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines[: max(0, 50 - relayed)]:
                 report("V", line.decode("utf-8", "replace"))
@@ -460,7 +462,8 @@ def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox in
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                pid, status = program, 0
+                report("E", "the program process vanished")
+                os._exit(72)
             if pid == 0:
                 break
             if pid == program:
