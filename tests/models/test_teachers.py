@@ -287,3 +287,25 @@ def test_eager_with_additive_mask_equals_sdpa():
     torch.testing.assert_close(
         a.logits(x, sel, attention_mask=valid), b.logits(x, sel, attention_mask=valid)
     )
+
+
+def test_every_auto_class_load_says_whether_to_run_remote_code():
+    """transformers asks on stdin ("run custom code? [y/N]") when ``trust_remote_code`` is
+    left unset for a directory naming custom code; every Auto* load in the package sets it."""
+    import ast
+    from pathlib import Path
+
+    package = Path(tide_lightning.__file__).parent
+    unset = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "from_pretrained"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id.startswith("Auto")
+                and not any(k.arg == "trust_remote_code" for k in node.keywords)
+            ):
+                unset.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert unset == []

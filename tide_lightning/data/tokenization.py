@@ -146,7 +146,7 @@ def load_qwen3_tokenizer(add_mask_token: bool = True) -> PreTrainedTokenizerFast
     Returns:
         The fast tokenizer with Qwen3's chat template (supports `enable_thinking=False`).
     """
-    tok = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
+    tok = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()), trust_remote_code=False)
     if add_mask_token:
         tok.add_special_tokens({"mask_token": MASK_TOKEN})
     return tok

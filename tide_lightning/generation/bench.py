@@ -266,9 +266,13 @@ def load_autoregressive(path: str, student):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     parameter = next(student.parameters())
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=parameter.dtype, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=parameter.dtype, local_files_only=True, trust_remote_code=False
+    )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False
+        )
     except (OSError, ValueError):
         tokenizer = None
     return model.to(parameter.device).eval(), tokenizer

@@ -197,7 +197,9 @@ def tokenizer_for_run(run_dir: str | Path):
     run_dir = Path(run_dir)
     saved = run_dir / "student_tokenizer"
     if (saved / "tokenizer.json").is_file() or (saved / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(str(saved), local_files_only=True)
+        return AutoTokenizer.from_pretrained(
+            str(saved), local_files_only=True, trust_remote_code=False
+        )
     config_file = run_dir / "config.yaml"
     if config_file.is_file():
         from omegaconf import OmegaConf
@@ -209,7 +211,9 @@ def tokenizer_for_run(run_dir: str | Path):
 
             return load_qwen3_tokenizer()
         if source and Path(source).is_dir():
-            return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+            return AutoTokenizer.from_pretrained(
+                str(source), local_files_only=True, trust_remote_code=False
+            )
     raise FileNotFoundError(
         f"no student tokenizer for run {str(run_dir)!r}: pass the tokenizer directory explicitly"
     )
@@ -250,7 +254,9 @@ def export_checkpoint(
     if tokenizer_dir is None:
         tokenizer = tokenizer_for_run(run_dir_of(checkpoint_path))
     else:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(tokenizer_dir), local_files_only=True, trust_remote_code=False
+        )
     _check_tokenizer(tokenizer, student)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -306,7 +312,9 @@ def load_any(
         if tokenizer_dir is None:
             tokenizer = tokenizer_for_run(run_dir_of(path))
         else:
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(tokenizer_dir), local_files_only=True, trust_remote_code=False
+            )
         _check_tokenizer(tokenizer, student)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     student = student.to(device)

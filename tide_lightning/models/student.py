@@ -509,7 +509,9 @@ def load_student(
     _read_model_type(path)
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(path), local_files_only=True, trust_remote_code=False
+    )
     mask_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
     if mask_id is None or mask_id == tokenizer.unk_token_id:
         mask_id = None
