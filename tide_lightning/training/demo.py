@@ -105,7 +105,9 @@ def run_demo(
         row = {}
         for pipeline, variant, teacher in probes:
             config = student_config(name, pipeline, variant, teacher, enable_progress_bar=False)
-            metrics = validate(config, str(ckpt))[0]
+            # Each probe is a TensorBoard run of its own (tensorboard/validate_<probe>),
+            # at the checkpoint's step: the training curves keep their history.
+            metrics = validate(config, str(ckpt), name=f"validate_{variant}")[0]
             if pipeline == "cross":  # NELBO is the shared pipeline's (plain masks)
                 metrics.pop("val/ce", None)
             row.update(metrics)
