@@ -446,9 +446,12 @@ def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox in
     import select
 
     pending, relayed, wait_status, watched = b"", 0, None, [violation_r]
+    exited = []  # a pidfd wakes the monitor the moment the program exits
+    with contextlib.suppress(AttributeError, OSError):
+        exited.append(os.pidfd_open(program))
     while wait_status is None:
-        readable, _, _ = select.select(watched, [], [], 0.05)
-        if readable:
+        readable, _, _ = select.select(watched + exited, [], [], 0.05)
+        if violation_r in readable:
             chunk = b""
             with contextlib.suppress(OSError):
                 chunk = os.read(violation_r, 65536)
