@@ -70,7 +70,13 @@ class Variant:
         return self.loss is not None
 
     def term_losses(
-        self, student: Tensor, teacher: Tensor, *, lam, weight, temperature: float
+        self,
+        student: Tensor,
+        teacher: Tensor,
+        *,
+        lam: Tensor,
+        weight: Tensor | None,
+        temperature: float,
     ) -> dict[str, Tensor]:
         """Each term's loss by name (one entry, the variant's own, unless a composite).
 
