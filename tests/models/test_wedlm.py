@@ -24,7 +24,7 @@ from transformers import Qwen3ForCausalLM
 import tide_lightning
 from tide_lightning.errors import UserError
 from tide_lightning.models import build_teacher, build_tiny_moe_teacher, load_adapter
-from tide_lightning.models.teachers import check_non_persistent_buffers, load_tokenizer_dir
+from tide_lightning.models.loading import check_non_persistent_buffers, load_tokenizer_dir
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "teachers"
 sys.path.insert(0, str(FIXTURES))
@@ -268,7 +268,7 @@ def test_a_shared_pipeline_step_runs_on_the_wedlm_teacher(tmp_path, compdemo):
 def test_the_full_size_wedlm_8b_config_builds_as_qwen3_8b():
     from accelerate import init_empty_weights
 
-    from tide_lightning.models.teachers import wedlm_qwen3_config
+    from tide_lightning.models.loading import wedlm_qwen3_config
 
     config = wedlm_qwen3_config(fx.WEDLM_8B_CONFIG)
     with init_empty_weights():

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from tide_lightning.errors import UserError
+from tide_lightning.models.loading import load_adapter
 from tide_lightning.models.sharding import (
     LockstepGuard,
     local_parameter_bytes,
@@ -46,7 +47,7 @@ from tide_lightning.models.sharding import (
     zero3_engine,
     zero3_init,
 )
-from tide_lightning.models.teachers import TEACHER_KINDS, TeacherAdapter, load_adapter
+from tide_lightning.models.teachers import TEACHER_KINDS, TeacherAdapter
 
 log = logging.getLogger(__name__)
 

@@ -289,7 +289,7 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
 
 def load_tokenizer_dir(path: str | Path):
     """A tokenizer saved in a local directory (nothing downloads, never a remote-code prompt)."""
-    from tide_lightning.models.teachers import load_tokenizer_dir as load
+    from tide_lightning.models.loading import load_tokenizer_dir as load
 
     return load(path)
 
