@@ -599,6 +599,12 @@ results = {
         "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])"
     ).stdout.strip(),
 }
+# Where user namespaces are refused (e.g. Ubuntu 24.04), Landlock is what is left.
+for isolation in sb._candidates():
+    if isolation.landlock and not isolation.namespaces:
+        read = hook_off + f"open({secret!r}).read()\\n"
+        result = sb._run(read, isolation, timeout=5, memory_mb=512)
+        results["landlock_read"] = (result.status, "PermissionError" in result.stderr)
 print(json.dumps(results))
 """
 
@@ -633,6 +639,8 @@ def test_non_root_evaluator_gets_a_user_namespace():
         assert got["read"] == "failed"  # the secret is not in its view
         assert "work" not in got["peek"] and "tmp" in got["peek"]
         assert got["caps_left"] == "0000000000000000"
+    if "landlock_read" in got:
+        assert got["landlock_read"] == ["failed", True]
 
 
 def landlock_set_ups() -> list:
