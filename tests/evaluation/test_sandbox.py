@@ -3,6 +3,8 @@
 Each hostile program is followed (or accompanied) by a benign one that must still
 pass, and side effects are checked from outside: files that must survive, a socket
 server that must see no connection, the test process itself that must stay alive.
+The ``hook_off`` tests first switch the in-process audit hook off (as issue 13 showed
+a program can), then attempt each escape: the kernel layers alone must hold.
 """
 
 from __future__ import annotations
