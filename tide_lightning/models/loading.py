@@ -192,8 +192,13 @@ def check_non_persistent_buffers(model: nn.Module, where: str = "teacher") -> No
     """
     from accelerate import init_empty_weights
 
-    with init_empty_weights(include_buffers=False):
-        fresh = type(model)._from_config(model.config)
+    try:
+        with init_empty_weights(include_buffers=False):
+            fresh = type(model)._from_config(model.config)
+    except Exception as err:  # refusing beats running a teacher whose buffers are unchecked
+        raise UserError(
+            f"{where}: cannot build a fresh {type(model).__name__} to check its buffers: {err}"
+        ) from err
     expected = dict(fresh.named_buffers())
     for owner_name, owner in model.named_modules():
         for short in sorted(owner._non_persistent_buffers_set):
