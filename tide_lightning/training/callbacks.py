@@ -80,17 +80,19 @@ class StepProgressBar(ProgressBar):
             unit="step",
             dynamic_ncols=True,
             file=sys.stdout,
+            # Redirected to a file, every redraw is a line of the log: redraw rarely.
+            mininterval=0.1 if sys.stdout.isatty() else 30.0,
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._bar is None:
             return
-        self._bar.n = trainer.global_step
-        self._bar.set_postfix_str(_metric_text(self.get_metrics(trainer, pl_module)))
+        self._bar.set_postfix_str(_metric_text(self.get_metrics(trainer, pl_module)), refresh=False)
+        self._bar.update(trainer.global_step - self._bar.n)  # redraws at most every mininterval
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if self._bar is not None:
-            self._bar.set_description("validating")
+            self._bar.set_description("validating", refresh=False)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._bar is not None:
