@@ -172,7 +172,7 @@ def test_fit_then_validate_keep_the_tensorboard_history(tmp_path, capsys):
     # per-step lines every log_every_n_steps without a progress bar, and the summary
     assert "step 2/4  loss" in console and "step 4/4  loss" in console
     assert "step 1/4" not in console and "Epoch" not in console
-    assert "done: step 4/4" in console and "training tokens/s" in console
+    assert "done: step 4/4" in console and "tokens/s overall" in console
     assert f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}" in console
 
     validate(_tiny(run_dir), str(run_dir / "checkpoints" / "step0000003.ckpt"))

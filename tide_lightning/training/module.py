@@ -100,11 +100,13 @@ class DistillationModule(L.LightningModule):
         self.val_kl_by_t = BinnedMean(NUM_T_BINS)
         self.bad_steps = 0
         self._step_started = None
+        self._step_tokens = 0
         self._loaded_step: int | None = None
         # (step, per-bin mean KL) of every validation so far: the KL-vs-t figure overlays
         # them; saved in checkpoints so a resumed run keeps drawing the whole history.
         self.kl_history: list[tuple[int, list[float]]] = []
-        # This rank's trained tokens and step time, for the closing summary's tokens/s.
+        # This rank's trained tokens and time in training steps (forward, backward,
+        # optimizer), for the closing summary.
         self.tokens_trained = 0
         self.train_seconds = 0.0
 
@@ -183,9 +185,7 @@ class DistillationModule(L.LightningModule):
             if "attention_mask" in batch
             else batch["input_ids"].numel()
         )
-        elapsed = time.perf_counter() - (self._step_started or time.perf_counter())
-        self.tokens_trained += int(tokens)
-        self.train_seconds += elapsed
+        self._step_tokens = int(tokens)  # rated in on_train_batch_end, after the backward
         spec = self.objective.spec
         # Only the charts of terms this variant has: no distill/lambda for ce.
         logs = {"train/loss": out.loss, "train/ce": out.ce}
@@ -197,7 +197,6 @@ class DistillationModule(L.LightningModule):
             logs["train/lambda_train"] = self._lambda_train()
             logs["train/lambda_t_mean"] = out.lambda_t_mean
         logs["train/mask_rate"] = out.mask_rate
-        logs["train/tokens_per_s"] = float(tokens) / max(elapsed, 1e-9)
         if out.kl_to_teacher is not None and out.kl_to_teacher.numel():
             logs["train/kl_to_teacher"] = out.kl_to_teacher.mean()
         if out.chunk_kl is not None and out.chunk_kl.numel():
@@ -213,6 +212,16 @@ class DistillationModule(L.LightningModule):
             batch_size=batch["input_ids"].shape[0],
         )
         return out.loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Forward, backward and (on the last micro-batch) the optimizer step.
+        if self._step_started is None or not self._step_tokens:
+            return
+        elapsed = max(time.perf_counter() - self._step_started, 1e-9)
+        self.tokens_trained += self._step_tokens
+        self.train_seconds += elapsed
+        self.log("train/tokens_per_s", self._step_tokens / elapsed, on_step=True, on_epoch=False)
+        self._step_tokens = 0
 
     def _lambda_train(self) -> float:
         o = self.objective

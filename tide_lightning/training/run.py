@@ -285,11 +285,13 @@ def closing_summary(run, seconds: float) -> str:
     trainer, module, run_dir = run.trainer, run.module, Path(run.config.run_dir)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     world = trainer.world_size
-    rate = module.tokens_trained * world / max(module.train_seconds, 1e-9)
+    tokens = module.tokens_trained * world  # every rank trains as many batches
+    steps_rate = tokens / max(module.train_seconds, 1e-9)
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
     lines = [
-        f"done: step {trainer.global_step}/{trainer.max_steps} in {seconds:.0f} s, "
-        f"{rate:,.0f} training tokens/s ({world} process(es))",
+        f"done: step {trainer.global_step}/{trainer.max_steps} in {seconds:.0f} s: "
+        f"{tokens:,} tokens, {tokens / max(seconds, 1e-9):,.0f} tokens/s overall, "
+        f"{steps_rate:,.0f} in training steps ({world} process(es))",
         "  validation: "
         + ("  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())) or "none run"),
         f"  checkpoints: {run_dir / 'checkpoints'} ({', '.join(kept)})",
