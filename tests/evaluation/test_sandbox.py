@@ -782,3 +782,36 @@ def test_closing_its_own_pipes_does_not_hang_or_pass():
     assert result.status == "failed" and result.detail == "exited before the end of the program"
     assert time.monotonic() - start < 4
     carries_on()
+
+
+def test_without_a_pid_namespace_leftover_processes_are_killed():
+    """Root without namespaces (e.g. a Docker container): the run's uid is swept instead."""
+    set_ups = [
+        isolation
+        for isolation in sandbox._candidates()
+        if isolation.unique_uid
+        and not isolation.namespaces
+        and sandbox._run(sandbox._CANARY, isolation, timeout=10, memory_mb=1024).passed
+    ]
+    if not set_ups:
+        pytest.skip("needs root and a set-up without namespaces that runs here")
+    source = HOOK_OFF + textwrap.dedent(
+        """
+        import os, time
+        if os.fork() == 0:
+            os.setsid()  # out of the session the parent kills
+            time.sleep(60)
+            os._exit(0)
+        """
+    )
+    for isolation in set_ups:
+        result = sandbox._run(source, isolation, timeout=5, memory_mb=512)
+        assert result.passed, (isolation, result.stderr[-300:])
+        time.sleep(0.2)
+        table = subprocess.run(["ps", "-eo", "uid=,stat="], capture_output=True, text=True)
+        alive = [
+            line
+            for line in table.stdout.splitlines()
+            if int(line.split()[0]) >= sandbox._UID_BASE and not line.split()[1].startswith("Z")
+        ]
+        assert not alive, (isolation, alive)

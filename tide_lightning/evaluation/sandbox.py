@@ -486,8 +486,15 @@ def _supervisor_main() -> None:  # pragma: no cover - runs inside the sandbox in
     os._exit(0)
 
 
-def _harness(code, program_path, workdir, token_r, done_w, violation_w):  # pragma: no cover
-    """Install the audit hook, run ``code`` as ``__main__``, echo the token at the end."""
+def _harness(  # pragma: no cover - runs inside the sandbox interpreter
+    code: object, program_path: str, workdir: str, token_r: int, done_w: int, violation_w: int
+) -> None:
+    """Install the audit hook, run ``code`` as ``__main__``, echo the token at the end.
+
+    Never returns: exits with the program's status (0 after its last statement, the
+    ``SystemExit`` code, or 1 after an uncaught exception). Only after the last
+    statement does it read the token the monitor wrote and send it back.
+    """
     import contextlib
     import os
     import sys
@@ -599,6 +606,7 @@ def _harness(code, program_path, workdir, token_r, done_w, violation_w):  # prag
 
 @functools.lru_cache(maxsize=1)
 def _child_code() -> str:
+    """The supervisor's source, sent with ``-c`` (the sandbox imports nothing of ours)."""
     return "\n".join(
         [inspect.getsource(_supervisor_main), inspect.getsource(_harness), "_supervisor_main()"]
     )
@@ -689,6 +697,7 @@ def _cgroup_parent(
 
 
 def _make_cgroup(parent: str, memory_mb: int, max_processes: int) -> str:
+    """Create this run's cgroup under ``parent`` with its limits; returns its path."""
     path = os.path.join(parent, f"tide_sandbox_{secrets.token_hex(6)}")
     os.mkdir(path)
     for name, value in (
@@ -703,12 +712,14 @@ def _make_cgroup(parent: str, memory_mb: int, max_processes: int) -> str:
 
 
 def _cgroup_oom_killed(path: str) -> bool:
+    """Whether the kernel's OOM killer acted inside the cgroup at ``path``."""
     with contextlib.suppress(OSError), open(os.path.join(path, "memory.events")) as f:
         return any(line.split()[:1] == ["oom_kill"] and line.split()[1] != "0" for line in f)
     return False
 
 
 def _remove_cgroup(path: str) -> None:
+    """Kill what is left in the cgroup and remove it (retrying while it empties)."""
     kill = os.path.join(path, "cgroup.kill")  # Linux >= 5.14; the namespace is gone anyway
     if os.path.exists(kill):
         with contextlib.suppress(OSError), open(kill, "w") as f:
@@ -1016,6 +1027,16 @@ def _kill_all(proc: subprocess.Popen, isolation: Isolation, status: bytes) -> No
             if line.startswith("P ") and line[2:].isdigit():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(line[2:]), signal.SIGKILL)
+    if isolation.unique_uid and not isolation.namespaces:
+        # No PID namespace to take the program's leftovers down: as the run's own uid,
+        # kill(-1) reaches exactly them (no other process has that uid).
+        uid = _UID_BASE + proc.pid
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [isolation.python, "-I", "-S", "-c", "import os; os.kill(-1, 9)"],
+                user=uid, group=uid, extra_groups=[], env={}, timeout=10,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
     proc.wait()
     proc.stdout.close()
     proc.stderr.close()
