@@ -6,6 +6,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 from tide_lightning.config import ConfigError, load_config
 from tide_lightning.models import quantization
@@ -32,9 +33,7 @@ def test_auto_sharding_with_several_processes_is_deepspeed(monkeypatch):
     monkeypatch.setattr(quantization.importlib.util, "find_spec", lambda name: object())
     with pytest.raises(ConfigError, match="ZeRO-3"):
         quantization.refuse_four_bit("auto", world_size=8)
-    # Everything present, one process: still refused while the loader cannot quantize.
-    with pytest.raises(ConfigError, match="refusing to load the teacher in full precision"):
-        quantization.refuse_four_bit("auto", world_size=1)
+    quantization.refuse_four_bit("auto", world_size=1)  # everything present, one process: fine
 
 
 def test_four_bit_config_is_the_published_nf4(monkeypatch):
@@ -49,3 +48,28 @@ def test_four_bit_config_is_the_published_nf4(monkeypatch):
 def test_the_config_key_exists_and_defaults_off():
     assert load_config(None, []).teacher.load_in_4bit is False
     assert load_config(None, ["teacher.load_in_4bit=true"]).teacher.load_in_4bit is True
+
+
+def test_setup_teacher_hands_the_nf4_config_to_from_pretrained(monkeypatch, tmp_path):
+    from tide_lightning.models import frozen
+
+    monkeypatch.setattr(quantization, "check_four_bit", lambda sharding: None)
+    seen = {}
+
+    def fake_load(kind, path, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop after the hand-over")
+
+    monkeypatch.setattr(frozen, "load_adapter", fake_load)
+    with pytest.raises(RuntimeError, match="hand-over"):
+        frozen.setup_teacher(tmp_path, "wedlm", sharding="none", load_in_4bit=True)
+    assert seen["quantization_config"].bnb_4bit_quant_type == "nf4"
+
+
+def test_setup_teacher_refuses_four_bit_without_cuda(tmp_path):
+    from tide_lightning.models import frozen
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="CUDA"):
+        frozen.setup_teacher(tmp_path, "wedlm", sharding="none", load_in_4bit=True)

@@ -35,14 +35,16 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from tide_lightning.errors import UserError
 from tide_lightning.models.loading import load_adapter
+from tide_lightning.models.quantization import four_bit_config
 from tide_lightning.models.sharding import (
+    SHARDINGS,
     LockstepGuard,
     local_parameter_bytes,
+    resolve_sharding,
     zero3_config,
     zero3_engine,
     zero3_init,
@@ -51,7 +53,6 @@ from tide_lightning.models.teachers import TEACHER_KINDS, TeacherAdapter
 
 log = logging.getLogger(__name__)
 
-SHARDINGS = ("none", "deepspeed")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -129,8 +130,9 @@ class FrozenTeacher:
             self.guard.end_step()
 
     def to(self, device) -> FrozenTeacher:
-        """Move an unsharded teacher (a ZeRO-3 engine already sits on its device)."""
-        if self.engine is None:
+        """Move an unsharded teacher (a ZeRO-3 engine or a 4-bit model is already placed)."""
+        quantized = getattr(self.adapter.model, "is_quantized", False)
+        if self.engine is None and not quantized:
             self.adapter.to(device)
         return self
 
@@ -142,25 +144,6 @@ class FrozenTeacher:
     def local_parameter_bytes(self) -> int:
         """Bytes of teacher parameters on this rank (its ZeRO-3 shard, or everything)."""
         return local_parameter_bytes(self.adapter)
-
-
-def resolve_sharding(sharding: str, world_size: int | None = None) -> str:
-    """``teacher.sharding`` as it runs: ``auto`` is ``deepspeed`` with more than one process.
-
-    Args:
-        sharding: ``auto``, ``deepspeed`` or ``none``.
-        world_size: processes; default the initialised process group's size, else 1.
-
-    Raises:
-        UserError: any other value.
-    """
-    if sharding == "auto":
-        if world_size is None:
-            world_size = dist.get_world_size() if dist.is_initialized() else 1
-        return "deepspeed" if world_size > 1 else "none"
-    if sharding not in SHARDINGS:
-        raise UserError(f"teacher sharding {sharding!r} is not one of auto, {', '.join(SHARDINGS)}")
-    return sharding
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -184,6 +167,7 @@ def setup_teacher(
     trust_remote_code: bool = False,
     guard_timeout_s: float | None = 60.0,
     zero3_options: dict | None = None,
+    load_in_4bit: bool = False,
 ) -> FrozenTeacher:
     """The one place a run sets its teacher up: load, dtype, shard, log memory, guard.
 
@@ -204,6 +188,8 @@ def setup_teacher(
         trust_remote_code: ``generic`` kind only.
         guard_timeout_s: lock-step guard timeout (sharded only), None for no guard.
         zero3_options: extra :func:`~tide_lightning.models.sharding.zero3_config` arguments.
+        load_in_4bit: quantize a checkpoint teacher to NF4 at load (the published
+            ``--teacher_load_in_4bit``; CUDA, bitsandbytes and sharding none, else refused).
 
     Returns:
         A :class:`FrozenTeacher`.
@@ -226,6 +212,7 @@ def setup_teacher(
             mask_token_id=mask_token_id,
             trust_remote_code=trust_remote_code,
             init_context=None if config is None else lambda: zero3_init(config),
+            quantization_config=four_bit_config(sharding, dtype) if load_in_4bit else None,
         )
     if config is None:
         teacher = FrozenTeacher(adapter)

@@ -149,7 +149,12 @@ def _llada2_model_class():
 
 
 def _from_pretrained(
-    kind: TeacherKind, path: Path, raw: dict, dtype: torch.dtype, trust_remote_code: bool
+    kind: TeacherKind,
+    path: Path,
+    raw: dict,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    quantization_config: Any = None,
 ) -> nn.Module:
     """The kind's own model class, loaded with strict key matching."""
     from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
@@ -160,6 +165,10 @@ def _from_pretrained(
         "trust_remote_code": trust_remote_code,
         "output_loading_info": True,
     }
+    if quantization_config is not None:
+        # bitsandbytes weights are placed at load and cannot be moved with .to() afterwards
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
     if kind.sdpa_only or kind.mask_format == "bool" or kind.name == "wedlm":
         kwargs["attn_implementation"] = "sdpa"
     if kind.name == "wedlm":
@@ -229,6 +238,7 @@ def load_adapter(
     mask_token_id: int | None = None,
     trust_remote_code: bool = False,
     init_context: Callable[[], contextlib.AbstractContextManager] | None = None,
+    quantization_config: Any = None,
 ) -> TeacherAdapter:
     """Load a frozen teacher adapter from a local directory; nothing downloads.
 
@@ -241,6 +251,9 @@ def load_adapter(
         trust_remote_code: ``generic`` only: run the directory's own modeling code.
         init_context: a context manager factory wrapped around ``from_pretrained``
             (ZeRO-3 partitioned loading, :func:`tide_lightning.models.sharding.zero3_init`).
+        quantization_config: a ``BitsAndBytesConfig`` (4-bit teacher,
+            :func:`tide_lightning.models.quantization.four_bit_config`); the model is then
+            placed on the current CUDA device at load.
 
     Raises:
         UserError: missing path, mask id outside the vocabulary, tokenizer/model
@@ -263,7 +276,7 @@ def load_adapter(
         )
     _check_tokenizer(path, spec, rows)
     with init_context() if init_context is not None else contextlib.nullcontext():
-        model = _from_pretrained(spec, path, raw, dtype, trust_remote_code)
+        model = _from_pretrained(spec, path, raw, dtype, trust_remote_code, quantization_config)
     check_non_persistent_buffers(model, f"teacher {kind!r}")
     model.config.use_cache = False
     return TeacherAdapter(model, spec, block_size=block_size)

@@ -7,12 +7,12 @@ option refuses, in one line, whatever would make it not happen: no CUDA device, 
 bitsandbytes, or a ZeRO-3 sharded teacher (quantized weights are not partitioned by
 DeepSpeed; a 4-bit teacher is the alternative to sharding, held whole on every GPU).
 
-The teacher loader is to pass :func:`four_bit_config`'s result as ``quantization_config``
-to ``from_pretrained`` (with ``device_map`` on the local GPU: bitsandbytes weights cannot
-be moved with ``.to``). Until that hook exists in :mod:`tide_lightning.models.teachers`,
-:func:`refuse_four_bit` stops a run that asks for 4 bits instead of loading the teacher in
-full precision behind the user's back. Nothing here imports bitsandbytes or transformers
-at import time.
+:func:`tide_lightning.models.frozen.setup_teacher` passes :func:`four_bit_config`'s result
+as ``quantization_config`` to ``from_pretrained``, with ``device_map`` on the local GPU
+(bitsandbytes weights cannot be moved with ``.to`` afterwards). :func:`refuse_four_bit`
+checks the same conditions when the run is built, before any data or tokenizer work.
+Nothing here imports bitsandbytes or transformers at import time. Not yet run on a GPU
+in this project (no device was lent when it was written).
 """
 
 from __future__ import annotations
@@ -80,10 +80,6 @@ def four_bit_config(sharding: str, compute_dtype: torch.dtype = torch.bfloat16) 
     )
 
 
-LOADER_SUPPORTS_FOUR_BIT = False
-"""Set True once the teacher loader passes :func:`four_bit_config` to ``from_pretrained``."""
-
-
 def refuse_four_bit(sharding: str, world_size: int) -> None:
     """The run-time check of ``teacher.load_in_4bit`` (called by the builders).
 
@@ -93,13 +89,8 @@ def refuse_four_bit(sharding: str, world_size: int) -> None:
         world_size: processes of the run.
 
     Raises:
-        ConfigError: what is missing, or that the loader cannot quantize yet.
+        ConfigError: what is missing.
     """
-    resolved = sharding if sharding != "auto" else ("deepspeed" if world_size > 1 else "none")
-    check_four_bit(resolved)
-    if not LOADER_SUPPORTS_FOUR_BIT:
-        raise ConfigError(
-            "teacher.load_in_4bit: the teacher loader does not pass a quantization config yet "
-            "(tide_lightning.models.quantization.four_bit_config builds it); refusing to load "
-            "the teacher in full precision instead"
-        )
+    from tide_lightning.models.sharding import resolve_sharding
+
+    check_four_bit(resolve_sharding(sharding, world_size))

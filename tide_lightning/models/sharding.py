@@ -35,9 +35,34 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tide_lightning.errors import UserError
+
 
 class TeacherLockstepError(RuntimeError):
     """Ranks disagree on how many teacher forwards they run (ZeRO-3 would hang)."""
+
+
+SHARDINGS = ("none", "deepspeed")
+"""How a teacher runs: whole on every rank, or ZeRO-3 partitioned."""
+
+
+def resolve_sharding(sharding: str, world_size: int | None = None) -> str:
+    """``teacher.sharding`` as it runs: ``auto`` is ``deepspeed`` with more than one process.
+
+    Args:
+        sharding: ``auto``, ``deepspeed`` or ``none``.
+        world_size: processes; default the initialised process group's size, else 1.
+
+    Raises:
+        UserError: any other value.
+    """
+    if sharding == "auto":
+        if world_size is None:
+            world_size = dist.get_world_size() if dist.is_initialized() else 1
+        return "deepspeed" if world_size > 1 else "none"
+    if sharding not in SHARDINGS:
+        raise UserError(f"teacher sharding {sharding!r} is not one of auto, {', '.join(SHARDINGS)}")
+    return sharding
 
 
 def zero3_config(

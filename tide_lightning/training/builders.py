@@ -112,6 +112,8 @@ class TeacherFactory:
     seed: int
     node_size: int = 1
     """Ranks per node when the ZeRO-3 partition is kept to a node (``shard_group: node``)."""
+    load_in_4bit: bool = False
+    """Quantize the checkpoint teacher to NF4 at load."""
 
     def __call__(self) -> FrozenTeacher:
         zero3 = {"node_size": self.node_size}
@@ -124,6 +126,7 @@ class TeacherFactory:
                 trust_remote_code=bool(self.trust_remote_code),
                 mask_token_id=self.mask_token_id,
                 zero3_options=zero3,
+                load_in_4bit=self.load_in_4bit,
             )
         if self.kind != "tiny_moe":
             raise ValueError(f"teacher kind {self.kind!r} needs teacher.path")
@@ -248,6 +251,7 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
             t.num_layers, config.seed + 1,
             # one node: the node group is the world, a second partition would only cost memory
             config.trainer.devices if t.shard_group == "node" and config.trainer.num_nodes > 1 else 1,
+            t.load_in_4bit,
         )  # fmt: skip
 
     d = config.data
