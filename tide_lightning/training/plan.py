@@ -264,7 +264,9 @@ def format_plan(
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for world in sorted({*world_sizes, 2 * gpus_per_node, 4 * gpus_per_node}):
-            for setting in ("world", "node"):
+            # on one node the node group is the world: one row says it all
+            settings = ("world", "node") if world > gpus_per_node else ("world",)
+            for setting in settings:
                 g = gather_traffic(config, teacher, world, gpus_per_node, setting)
                 lines.append(
                     f"| {setting} | {world} | {g.nodes} | {g.shard_group} | "
