@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
+DS_OP_BUILT := from deepspeed.git_version_info import installed_ops as o; assert o['deepspeed_shm_comm']
 
 .PHONY: install install-eval demo test test-all lint bench clean
 
@@ -17,6 +18,17 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
 	$(BIN)/python -m pip install --quiet --no-build-isolation -r requirements.txt -r requirements-dev.txt
+	# Without CUDA, DeepSpeed's CPU shared-memory collective op (deepspeed_shm_comm) is built
+	# into the package (DS_BUILD_SHM_COMM=1). Otherwise DeepSpeed JIT-compiles it on the
+	# first multi-process CPU run, for minutes, under a lock in ~/.cache/torch_extensions
+	# that an interrupted build leaves behind (every later run then waits on it).
+	if $(BIN)/python -c "import torch, sys; sys.exit(torch.cuda.is_available())" && \
+	   ! $(BIN)/python -c "$(DS_OP_BUILT)" 2>/dev/null; then \
+	  DS_ACCELERATOR=cpu DS_BUILD_SHM_COMM=1 $(BIN)/python -m pip install --quiet \
+	    --no-build-isolation --no-cache-dir --force-reinstall --no-deps \
+	    "deepspeed==$$($(BIN)/python -c 'import deepspeed; print(deepspeed.__version__)')"; \
+	  $(BIN)/python -c "$(DS_OP_BUILT)"; \
+	fi
 	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -e .
 	# The lm-evaluation-harness adapter is tested against lm-eval's model API only; its heavy
 	# dependencies (datasets, evaluate, ...) are needed to run benchmarks, not the tests.
