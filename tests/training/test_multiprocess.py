@@ -56,10 +56,11 @@ def _fit_args(run_dir: Path) -> list[str]:
     ]
 
 
-def _run(cmd: list[str]) -> None:
-    done = subprocess.run(
-        cmd, cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=240
-    )
+def _run(cmd: list[str], extensions: Path | None = None) -> None:
+    env = _clean_env()
+    if extensions is not None:  # where DeepSpeed would JIT-build an op (none must be built)
+        env["TORCH_EXTENSIONS_DIR"] = str(extensions)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
 
 
@@ -72,8 +73,23 @@ def _assert_two_ranks_trained(run_dir: Path) -> None:
 
 
 def test_trainer_devices_2_spawns_the_second_rank(tmp_path: Path) -> None:
-    _run([sys.executable, "-m", "tide_lightning", *_fit_args(tmp_path / "run")])
+    extensions = tmp_path / "torch_extensions"
+    _run([sys.executable, "-m", "tide_lightning", *_fit_args(tmp_path / "run")], extensions)
     _assert_two_ranks_trained(tmp_path / "run")
+    # DeepSpeed's CPU shared-memory op comes built with the package (make install), so the
+    # run compiled nothing and took no lock under the torch extensions cache.
+    assert not extensions.exists() or not any(extensions.rglob("*")), list(extensions.rglob("*"))
+
+
+def test_fabric_run_without_matching_devices_stops_with_a_message(tmp_path: Path) -> None:
+    from tide_lightning.config import load_config
+    from tide_lightning.errors import UserError
+    from tide_lightning.training.run import check_world_size
+
+    config = load_config(ROOT / "conf" / "tiny.yaml", [f"run_dir={tmp_path}"])
+    env = {"TORCHELASTIC_RUN_ID": "1", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    with pytest.raises(UserError, match="torchrun/fabric run started 2 processes"):
+        check_world_size(config, env)
 
 
 @pytest.mark.slow

@@ -247,6 +247,7 @@ def quiet_third_party() -> None:
     - Lightning's own use of a torch pytree API torch deprecated (not our code).
     - Lightning's advice about ``IterableDataset.__len__`` with several workers: the data
       module splits its stream per rank and worker itself (tests/data).
+    - torch's deprecation of collective names DeepSpeed and Lightning still use.
     - DeepSpeed's "Setting accelerator to CPU ... unable to detect" warning (printed on
       stdout when it guesses): without CUDA the accelerator is named, ``DS_ACCELERATOR=cpu``,
       unless the environment already chose one.
@@ -259,6 +260,10 @@ def quiet_third_party() -> None:
     logging.getLogger("lightning.fabric.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    # torch renamed two collectives that DeepSpeed's ZeRO-3 gather and Lightning's
+    # all_gather still call by their old names (one line per rank and call site).
+    warnings.filterwarnings("ignore", message=r"`torch.distributed.all_gather_into_tensor` is dep")
+    warnings.filterwarnings("ignore", message=r"torch.distributed.nn.functional.all_gather is dep")
 
 
 def _count(n: int) -> str:
