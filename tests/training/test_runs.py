@@ -224,3 +224,37 @@ def test_an_override_without_equals_is_a_usage_error_naming_the_fix(capsys):
     assert main(["fit", "--config", str(CONF / "tiny.yaml"), "trainer.max_steps", "5"]) == 2
     err = capsys.readouterr().err
     assert "override 'trainer.max_steps' has no '='" in err and "trainer.max_steps=5" in err
+
+
+def test_resume_never_in_a_used_folder_sets_the_old_run_aside(tmp_path):
+    from tide_lightning.training.run import set_aside_previous_run
+
+    _saved_run(tmp_path)
+    (tmp_path / "run" / "tensorboard").mkdir()
+    config = resolved(_tiny(tmp_path / "run", "resume=never"))
+    aside = set_aside_previous_run(config)
+    assert aside is not None and aside.parent == tmp_path / "run"
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoints", "config.yaml", "tensorboard"]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert set_aside_previous_run(config) is None  # nothing left to move
+    assert set_aside_previous_run(resolved(_tiny(tmp_path / "other", "resume=never"))) is None
+
+
+def test_skip_counters_are_logged_only_once_non_zero(monkeypatch):
+    from types import SimpleNamespace
+
+    from tide_lightning.data import DistillDataModule
+    from tide_lightning.training.callbacks import DataSkipLogger
+
+    counts = {"malformed_json": 0, "empty": 0}
+    monkeypatch.setattr(DistillDataModule, "skip_counts", lambda self, split: dict(counts))
+    logged: list[dict] = []
+    module = SimpleNamespace(log_dict=lambda values, **kw: logged.append(values))
+    trainer = SimpleNamespace(
+        datamodule=object.__new__(DistillDataModule), global_step=2, log_every_n_steps=1
+    )
+    DataSkipLogger().on_train_batch_end(trainer, module, None, None, 0)
+    assert logged == []  # a clean corpus adds no charts
+    counts["malformed_json"] = 2
+    DataSkipLogger().on_train_batch_end(trainer, module, None, None, 0)
+    assert logged == [{"data/skipped_malformed_json": 2.0}]

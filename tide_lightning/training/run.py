@@ -235,6 +235,37 @@ def check_world_size(config: RunConfig, environ=os.environ) -> None:
         )
 
 
+def _launcher_rank(environ=os.environ) -> int:
+    """This process's global rank as a launcher set it (0 before Lightning spawns any)."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if environ.get(key, "0") not in ("", "0"):
+            return int(environ[key])
+    return 0
+
+
+def set_aside_previous_run(config: RunConfig) -> Path | None:
+    """``resume=never`` in a used folder: move its checkpoints and TensorBoard events aside.
+
+    A fresh run would otherwise write steps 0, 1, ... over the old curves and mix its
+    checkpoints with the old ones. They move to ``run_dir/replaced-<UTC time>/`` (kept,
+    not deleted); trained tokenizers stay.
+
+    Returns:
+        The folder they moved to, or None when there was nothing to move (or not rank 0).
+    """
+    run_dir = Path(config.run_dir)
+    used = [run_dir / name for name in ("checkpoints", "tensorboard", "config.yaml")]
+    used = [path for path in used if path.exists()]
+    if config.resume != "never" or not used or _launcher_rank() != 0:
+        return None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    aside = run_dir / f"replaced-{stamp}"
+    aside.mkdir()
+    for path in used:
+        path.rename(aside / path.name)
+    return aside
+
+
 # --- console -----------------------------------------------------------------------------
 
 
@@ -323,6 +354,9 @@ def fit(config: RunConfig, callbacks: list | None = None):
     check_world_size(config)
     ckpt = resume_path(config)
     check_resume(config, ckpt)
+    aside = set_aside_previous_run(config)
+    if aside is not None:
+        print(f"resume=never: the previous run's files moved to {aside}", flush=True)
     run = build_run(config, callbacks)
     if run.trainer.is_global_zero:
         print(_opening_line(run, ckpt), flush=True)
