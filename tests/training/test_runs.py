@@ -175,7 +175,9 @@ def test_fit_then_validate_keep_the_tensorboard_history(tmp_path, capsys):
     assert "done: step 4/4" in console and "tokens/s overall" in console
     assert f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}" in console
 
-    validate(_tiny(run_dir), str(run_dir / "checkpoints" / "step0000003.ckpt"))
+    results = validate(_tiny(run_dir), str(run_dir / "checkpoints" / "step0000003.ckpt"))
+    assert set(results[0]) == {"val/ce", "val/kl_to_teacher"}
+    assert all(np.isfinite(v) for v in results[0].values())
     events = _events(run_dir)
     train, checked = events["tensorboard"], events["tensorboard/validate"]
     # validation scalars and images at the steps of the checkpoints they describe

@@ -386,7 +386,11 @@ def validate(config: RunConfig, ckpt: str | None = None, name: str = "validate")
         raise UserError(f"nothing to validate: no checkpoint in {config.run_dir}; pass --ckpt")
     run = build_run(config)
     run.trainer.logger = RunLogger(config.run_dir, version=name)
-    results = run.trainer.validate(run.module, datamodule=run.datamodule, ckpt_path=ckpt)
+    run.trainer.validate(run.module, datamodule=run.datamodule, ckpt_path=ckpt)
+    # The module writes its TensorBoard scalars itself (at the checkpoint's step) and logs
+    # to Lightning with logger=False, so the values are read from the callback metrics.
+    metrics = run.trainer.callback_metrics
+    results = [{k: float(v) for k, v in sorted(metrics.items()) if k.startswith("val/")}]
     if run.trainer.is_global_zero:
         values = "  ".join(f"{k} {v:.4f}" for k, v in sorted(results[0].items()))
         print(
