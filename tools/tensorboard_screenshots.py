@@ -20,10 +20,11 @@ import urllib.request
 from pathlib import Path
 
 DASHBOARDS = {
-    "scalars": "#timeseries",
-    "images": "#images",
+    "scalars": "#scalars&tagFilter=val",  # every validation point, training and validate runs
+    "images": "#images&tagFilter=kl_vs_t",  # the labelled KL-versus-t figure
     "hparams": "#hparams",
 }
+"""Screenshot name -> TensorBoard URL fragment (dashboard and tag filter)."""
 
 
 def _free_port() -> int:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logdir", help="a run folder (or a folder of runs)")
     parser.add_argument("out", help="where the PNG files go")
-    parser.add_argument("--size", default="1600,1200", help="window width,height")
+    parser.add_argument("--size", default="1600,1400", help="window width,height")
     parser.add_argument("--wait-ms", type=int, default=15000, help="page time before the shot")
     args = parser.parse_args(argv)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -111,7 +111,7 @@ def kl_curve(
     ax.set_ylim(bottom=0)
     ax.set_xlim(0, 1)
     ax.set_ylabel(f"mean {quantity} (nats)")
-    ax.set_title(f"{quantity} to {teacher} vs diffusion time t")
+    ax.set_title(f"{quantity} to {teacher}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     width = 1.0 / max(len(centers), 1)
