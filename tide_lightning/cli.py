@@ -63,6 +63,14 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps per student")
 
 
+def _study_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="base run config (conf/study.yaml)")
+    parser.add_argument("--grid", default=None, help="variants, seeds (conf/study/grid.yaml)")
+    parser.add_argument("--out", default="runs/study", help="where the study writes its runs")
+    parser.add_argument("--teachers", default="runs/demo", help="the demo's teacher cache")
+    parser.add_argument("--quick", action="store_true", help="the grid's quick setting (CI)")
+
+
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="exported HF directory or training ckpt")
     parser.add_argument("--tokenizer", default=None, help="tokenizer dir (checkpoints only)")
@@ -198,6 +206,12 @@ def demo_command(args: argparse.Namespace) -> None:
     from tide_lightning.training.demo import run_demo
 
     run_demo(args.out, args.steps)
+
+
+def study_command(args: argparse.Namespace) -> None:
+    from tide_lightning.training.study import run_study
+
+    run_study(args.config, args.grid, args.out, args.teachers, args.quick)
 
 
 def _load_model(args: argparse.Namespace):
@@ -406,6 +420,11 @@ COMMANDS: dict[str, Command] = {
         "the main job on the embedded default: tiny models, bundled corpus, CPU",
         _demo_args,
         demo_command,
+    ),
+    "study": (
+        "the demo's students and the paper's ablations over seeds, on CPU",
+        _study_args,
+        study_command,
     ),
     "sample": ("print the student's completions of prompts", _sample_args, sample_command),
     "evaluate": (

@@ -1,129 +1,350 @@
-"""``make demo``: a complete small TIDE distillation on CPU in a few minutes.
+"""``make demo``: a complete small TIDE distillation on CPU, teachers trained once and cached.
 
-1. Two tokenizers of different kinds are trained on the corpus (the Python standard
-   library's sources): a byte-level BPE for the student, a Unigram/metaspace one for the
-   cross-pipeline teacher.
-2. Two small Qwen3-MoE masked-diffusion teachers are pretrained with the ``ce`` variant,
-   one per tokenizer.
-3. A smaller BD3LM student is trained three ways for the same steps: ``ce`` only,
-   ``tide_shared`` (TIDAL + CompDemo against the BPE teacher) and ``tide_cross`` (Reverse
-   CALM against the Unigram teacher).
-4. Every student is validated on held-out files with the same masks: NELBO, token KL to
-   the BPE teacher and chunk KL to the Unigram teacher; a table is printed.
+1. A corpus of small generated Python functions is written (:mod:`.demo_corpus`: why not the
+   standard library's sources) and two tokenizers of different kinds are trained on it: a
+   byte-level BPE for the student, a Unigram/metaspace one for the cross-pipeline teacher.
+2. Two Qwen3-MoE masked-diffusion teachers, one per tokenizer, are pretrained with the
+   ``ce`` variant, twice as wide, one layer deeper and twice as long than a
+   student is trained. They are cached under ``<out>/teachers/<key>``, the key a hash of
+   their configs and of the corpus, so a rerun (and the study) reuses them.
+3. A smaller BD3LM student is trained five ways for the same steps on the same data:
+   ``ce`` (no teacher), ``kl`` and ``tide_shared`` (against the BPE teacher), ``calm`` and
+   ``tide_cross`` (against the Unigram teacher, in chunk space).
+4. Every model is validated on the held-out programs with the same masks: NELBO, token KL
+   to the BPE teacher, chunk KL to the Unigram teacher, and the share of the ``ce``
+   student's NELBO gap to the BPE teacher that each student closes.
+
+Why a cache rather than shipped weights: the tokenizers and teachers are a pure function of
+the corpus and the config, and the first run trains them in a few minutes, so there is
+nothing to download or to keep in sync with the code; a changed recipe changes the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from tide_lightning.config import RunConfig, TokenizerConfig, load_config
-from tide_lightning.training.run import fit, validate
+from tide_lightning.config import RunConfig, SourceSpec, load_config, to_yaml
+from tide_lightning.training.demo_corpus import write_corpus
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "demo.yaml"
 
+TEACHER_RECIPE_VERSION = 1
+"""Bump when the teacher recipe changes in a way the hashed configs do not show."""
 
-def _replace(config: RunConfig, **groups) -> RunConfig:
-    """Copy ``config`` with some groups' fields replaced: ``student={"arch": ...}``."""
-    changes = {}
-    for name, value in groups.items():
-        current = getattr(config, name)
-        changes[name] = dataclasses.replace(current, **value) if isinstance(value, dict) else value
-    return dataclasses.replace(config, **changes)
+TEACHER_OVERRIDES = (
+    "student.arch=tiny_moe",
+    "student.hidden_size=96",
+    "student.num_layers=3",
+    "student.num_experts=4",
+    "objective.variant=ce",
+    "teacher=null",
+    "pipeline=shared",
+)
+"""A teacher is trained as the run's model, with these changes to the base config."""
+
+TEACHER_STEP_FACTOR = 2
+"""Teachers train this many times the students' steps."""
+
+STUDENTS = {
+    "ce": ("shared", "ce", "bpe"),
+    "kl": ("shared", "kl", "bpe"),
+    "tide_shared": ("shared", "tide_shared", "bpe"),
+    "calm": ("cross", "calm", "unigram"),
+    "tide_cross": ("cross", "tide_cross", "unigram"),
+}
+"""Demo student -> (pipeline, variant, teacher it learns from)."""
+
+
+@dataclass(frozen=True)
+class Teachers:
+    """The cached teachers of one corpus and config.
+
+    Attributes:
+        bpe: the BPE teacher's directory (model and the BPE tokenizer the students use).
+        unigram: the Unigram teacher's directory (model and its own tokenizer).
+        metrics: ``{"bpe": {"val/ce": ...}, "unigram": {...}}`` from their last validation.
+        key: the cache key (hash of configs and corpus).
+        trained: whether this call trained them (False: read from the cache).
+    """
+
+    bpe: Path
+    unigram: Path
+    metrics: dict
+    key: str
+    trained: bool
+
+    def path(self, name: str) -> Path:
+        return {"bpe": self.bpe, "unigram": self.unigram}[name]
 
 
 def _banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
+def _with_corpus(config: RunConfig, train: Path, val: Path) -> RunConfig:
+    data = dataclasses.replace(
+        config.data,
+        sources=[SourceSpec(kind="jsonl", path=str(train.resolve()))],
+        val_sources=[SourceSpec(kind="jsonl", path=str(val.resolve()))],
+    )
+    return dataclasses.replace(config, data=data)
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _teacher_config(
+    config_path: Path, name: str, corpus: tuple[Path, Path], base_overrides: list[str]
+) -> RunConfig:
+    """The config that trains teacher ``name`` (``bpe`` or ``unigram``); run_dir set later."""
+    base = load_config(config_path, base_overrides)
+    tok_group = "student" if name == "bpe" else "teacher"
+    tokenizer = dataclasses.replace(getattr(base, tok_group).tokenizer, source=name)
+    steps = base.trainer.max_steps * TEACHER_STEP_FACTOR
+    config = load_config(
+        config_path,
+        [
+            *base_overrides,
+            *TEACHER_OVERRIDES,
+            "run_dir=teacher",
+            f"trainer.max_steps={steps}",
+            f"trainer.val_check_interval={steps}",
+            f"trainer.checkpoint_every_n_steps={steps}",
+        ],
+    )
+    config = dataclasses.replace(
+        config, student=dataclasses.replace(config.student, tokenizer=tokenizer)
+    )
+    return _with_corpus(config, *corpus)
+
+
+def teacher_key(configs: dict[str, RunConfig], corpus: tuple[Path, Path]) -> str:
+    """Cache key: the teachers' full configs (run_dir aside) and the corpus bytes."""
+    digest = hashlib.sha256(f"recipe {TEACHER_RECIPE_VERSION}\n".encode())
+    for name in sorted(configs):
+        config = dataclasses.replace(configs[name], run_dir="teacher")
+        text = to_yaml(config)
+        for path in corpus:  # the corpus paths differ per out folder; their bytes count
+            text = text.replace(str(path.resolve()), path.name)
+        digest.update(text.encode())
+    for path in corpus:
+        digest.update(_file_hash(path).encode())
+    return digest.hexdigest()[:12]
+
+
+def ensure_teachers(
+    out_dir: Path, config_path: Path = DEMO_CONFIG, base_overrides: list[str] | None = None
+) -> Teachers:
+    """The two demo teachers for ``config_path``'s corpus: from the cache, or trained now.
+
+    The cache entry is ``out_dir/teachers/<key>/`` with ``bpe/``, ``unigram/`` (saved
+    models with their tokenizers), ``runs/`` (the training runs, TensorBoard included) and
+    ``teachers.json`` (validation metrics), written last: an entry without it is retrained.
+    """
+    from tide_lightning.training.run import fit
+
+    corpus = write_corpus(out_dir / "corpus")
+    base = list(base_overrides or [])
+    configs = {
+        name: _teacher_config(config_path, name, corpus, base) for name in ("bpe", "unigram")
+    }
+    key = teacher_key(configs, corpus)
+    root = out_dir / "teachers" / key
+    done = root / "teachers.json"
+    if done.is_file():
+        print(f"teachers: cached in {root} (key {key})", flush=True)
+        metrics = json.loads(done.read_text())
+        return Teachers(root / "bpe", root / "unigram", metrics, key, trained=False)
+    metrics = {}
+    for name, config in configs.items():
+        run_dir = root / "runs" / name
+        shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted entry starts over
+        config = dataclasses.replace(config, run_dir=str(run_dir))
+        _banner(f"pretraining the {name} MoE teacher (ce, {config.trainer.max_steps} steps)")
+        run = fit(config)
+        run.module.student.save_pretrained(root / name, run.student_tokenizer)
+        metrics[name] = {
+            k: float(v) for k, v in run.trainer.callback_metrics.items() if k.startswith("val/")
+        }
+    done.write_text(json.dumps(metrics, indent=2) + "\n")
+    return Teachers(root / "bpe", root / "unigram", metrics, key, trained=True)
+
+
+def student_config(
+    config_path: Path,
+    teachers: Teachers,
+    run_dir: Path,
+    pipeline: str,
+    variant: str,
+    teacher: str,
+    overrides: tuple[str, ...] | list[str] = (),
+) -> RunConfig:
+    """One student run of the demo or the study, on the cached teachers and corpus.
+
+    The pipeline and variant go in as overrides, so the per-pipeline defaults (e.g. the
+    cross pipeline's temperature 5) resolve for them at load.
+    """
+    return load_config(
+        config_path,
+        [
+            f"run_dir={run_dir}",
+            f"pipeline={pipeline}",
+            f"objective.variant={variant}",
+            f"student.tokenizer.source={teachers.bpe}",
+            f"teacher.path={teachers.path(teacher)}",
+            "teacher.tokenizer=null",
+            *overrides,
+        ],
+    )
+
+
+def _corpus_paths(out_dir: Path) -> tuple[Path, Path]:
+    return out_dir / "corpus" / "train.jsonl", out_dir / "corpus" / "val.jsonl"
+
+
+PROBES = (("shared", "kl", "bpe"), ("cross", "tide_cross", "unigram"))
+"""Validation passes of every student: token KL to the BPE teacher (its NELBO too) and
+chunk KL to the Unigram teacher, on the same held-out programs and fixed masks."""
+
+
+def probe(
+    config_path: Path,
+    teachers: Teachers,
+    corpus: tuple[Path, Path],
+    run_dir: Path,
+    ckpt: Path,
+    overrides: tuple[str, ...] | list[str] = (),
+) -> dict[str, float]:
+    """``val/ce``, ``val/kl_to_teacher`` and ``val/chunk_kl`` of one student checkpoint."""
+
+    row = {}
+    for pipeline, variant, teacher in PROBES:
+        config = student_config(
+            config_path, teachers, run_dir, pipeline, variant, teacher,
+            [*overrides, "trainer.enable_progress_bar=false"],
+        )  # fmt: skip
+        metrics = _validate(_with_corpus(config, *corpus), ckpt, name=f"probe_{pipeline}")
+        if pipeline == "cross":  # the NELBO is the shared pipeline's (plain masks)
+            metrics.pop("val/ce", None)
+        row.update({k: float(v) for k, v in metrics.items() if k.startswith("val/")})
+    return row
+
+
+def _validate(config: RunConfig, ckpt: Path, name: str) -> dict[str, float]:
+    """``validate`` (same scalars and TensorBoard folder), returning the ``val/*`` values.
+
+    Read from the trainer's callback metrics: the list ``Trainer.validate`` returns leaves
+    out scalars logged with ``logger=False``, which is how the module logs them.
+    """
+    from tide_lightning.training.builders import build_run
+    from tide_lightning.training.run import quiet_third_party, resolved
+    from tide_lightning.training.tensorboard import RunLogger
+
+    quiet_third_party()
+    run = build_run(resolved(config))
+    run.trainer.logger = RunLogger(config.run_dir, version=name)
+    run.trainer.validate(run.module, datamodule=run.datamodule, ckpt_path=str(ckpt))
+    metrics = run.trainer.callback_metrics
+    return {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
+
+
+def train_student(
+    config_path: Path,
+    teachers: Teachers,
+    out_dir: Path,
+    run_dir: Path,
+    spec: tuple[str, str, str],
+    overrides: tuple[str, ...] | list[str] = (),
+) -> dict[str, float]:
+    """Train one student (resuming an interrupted run) and probe its last checkpoint."""
+    from tide_lightning.training.run import fit
+
+    corpus = _corpus_paths(out_dir)
+    pipeline, variant, teacher = spec
+    config = student_config(config_path, teachers, run_dir, pipeline, variant, teacher, overrides)
+    fit(_with_corpus(config, *corpus))
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    return probe(config_path, teachers, corpus, run_dir, ckpt, overrides)
+
+
+def gap_closed(nelbo: float, ce: float, teacher: float) -> float:
+    """Share of the ``ce`` student's NELBO gap to the teacher that ``nelbo`` closes."""
+    gap = ce - teacher
+    return (ce - nelbo) / gap if gap > 0 else math.nan
+
+
 def run_demo(
     out: str = "runs/demo", steps: int | None = None, config_path: Path = DEMO_CONFIG
 ) -> dict:
-    """Run the whole demo; returns ``{student: {metric: value}}`` and prints the table."""
+    """Run the whole demo; returns ``{row: {metric: value}}`` and prints the table."""
     started = time.perf_counter()
-    out_dir = Path(out)
-    base = load_config(config_path, [f"run_dir={out_dir}"])
-    if steps is not None:
-        base = _replace(base, trainer={"max_steps": steps, "val_check_interval": steps})
-    bpe_dir, unigram_dir = out_dir / "tokenizers" / "bpe", out_dir / "tokenizers" / "unigram"
-    bpe = dataclasses.replace(base.student.tokenizer, source="bpe")
-    unigram = dataclasses.replace(base.teacher.tokenizer, source="unigram")
-
-    teacher_sizes = {"arch": "tiny_moe", "hidden_size": 64, "num_experts": 4}
-    teachers = {}
-    for name, tokenizer, cache in (("bpe", bpe, bpe_dir), ("unigram", unigram, unigram_dir)):
-        _banner(f"pretraining the {name} MoE teacher (ce)")
-        config = _replace(
-            base,
-            run_dir=str(out_dir / f"teacher_{name}"),
-            student={**teacher_sizes, "tokenizer": tokenizer},
-            objective={"variant": "ce"},
-            teacher=None,
-        )
-        run = fit(config)
-        tokenizer_dir = Path(config.run_dir) / "student_tokenizer"
-        teachers[name] = out_dir / "teachers" / name
-        run.module.student.save_pretrained(teachers[name], run.student_tokenizer)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        if not cache.exists():
-            tokenizer_dir.replace(cache)
-
-    student_tok = TokenizerConfig(source=str(bpe_dir))
-    shared_teacher = {"kind": "tiny_moe", "path": str(teachers["bpe"]), "tokenizer": None}
-    cross_teacher = {"kind": "tiny_moe", "path": str(teachers["unigram"]), "tokenizer": None}
-
-    def student_config(name: str, pipeline: str, variant: str, teacher: dict, **trainer):
-        return _replace(
-            base,
-            run_dir=str(out_dir / f"student_{name}"),
-            pipeline=pipeline,
-            student={"tokenizer": student_tok},
-            teacher=dataclasses.replace(base.teacher, **teacher),
-            objective={"variant": variant},
-            trainer=trainer,
-        )
-
-    students = {
-        "ce": ("shared", "ce", shared_teacher),
-        "tide_shared": ("shared", "tide_shared", shared_teacher),
-        "tide_cross": ("cross", "tide_cross", cross_teacher),
+    out_dir = Path(out).resolve()
+    base = steps_overrides(steps)
+    teachers = ensure_teachers(out_dir, config_path, base)
+    table = {
+        "teacher_bpe": {"val/ce": teachers.metrics["bpe"].get("val/ce", math.nan)},
+        "teacher_unigram": {"val/ce": teachers.metrics["unigram"].get("val/ce", math.nan)},
     }
-    checkpoints = {}
-    for name, (pipeline, variant, teacher) in students.items():
-        _banner(f"training the {name} student")
-        config = student_config(name, pipeline, variant, teacher)
-        fit(config)
-        checkpoints[name] = Path(config.run_dir) / "checkpoints" / "last.ckpt"
-
-    _banner("validating the three students against both teachers")
-    # Token KL to the BPE teacher (variant kl) and chunk KL to the Unigram teacher
-    # (tide_cross), on the same held-out files and fixed masks for every student.
-    probes = (("shared", "kl", shared_teacher), ("cross", "tide_cross", cross_teacher))
-    table = {}
-    for name, ckpt in checkpoints.items():
-        row = {}
-        for pipeline, variant, teacher in probes:
-            config = student_config(name, pipeline, variant, teacher, enable_progress_bar=False)
-            # Each probe is a TensorBoard run of its own (tensorboard/validate_<probe>),
-            # at the checkpoint's step: the training curves keep their history.
-            metrics = validate(config, str(ckpt), name=f"validate_{variant}")[0]
-            if pipeline == "cross":  # NELBO is the shared pipeline's (plain masks)
-                metrics.pop("val/ce", None)
-            row.update(metrics)
-        table[name] = row
-    _print_table(table, out_dir, time.perf_counter() - started)
+    for name, spec in STUDENTS.items():
+        _banner(f"training the {name} student ({spec[1]}, {spec[0]} pipeline)")
+        run_dir = out_dir / f"student_{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a demo run trains its students afresh
+        table[name] = train_student(config_path, teachers, out_dir, run_dir, spec, base)
+    print_table(table, out_dir, time.perf_counter() - started, teachers)
     return table
 
 
-def _print_table(table: dict, out_dir: Path, seconds: float) -> None:
-    print(f"\nDemo finished in {seconds / 60:.1f} min. Validation on held-out stdlib files:\n")
-    print("| student     | NELBO (val/ce) | KL to BPE teacher | chunk KL to Unigram teacher |")
-    print("|---|---|---|---|")
+def steps_overrides(steps: int | None) -> list[str]:
+    """Overrides that train for ``steps`` and validate and checkpoint at the end."""
+    if steps is None:
+        return []
+    keys = ("max_steps", "val_check_interval", "checkpoint_every_n_steps")
+    return [f"trainer.{key}={steps}" for key in keys]
+
+
+def format_table(table: dict, spread: dict | None = None) -> str:
+    """The demo's (or a study's) markdown table; ``spread`` adds "+- std" to each cell."""
+    ce = table.get("ce", {}).get("val/ce", math.nan)
+    teacher = table.get("teacher_bpe", {}).get("val/ce", math.nan)
+    lines = [
+        "| model | NELBO | KL to BPE teacher | chunk KL to Unigram teacher | gap closed |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in table.items():
-        print(
-            f"| {name:<11} | {row.get('val/ce', float('nan')):14.3f} | "
-            f"{row.get('val/kl_to_teacher', float('nan')):17.3f} | "
-            f"{row.get('val/chunk_kl', float('nan')):27.3f} |"
-        )
+        cells = []
+        for key in ("val/ce", "val/kl_to_teacher", "val/chunk_kl"):
+            value = row.get(key, math.nan)
+            cell = "-" if math.isnan(value) else f"{value:.3f}"
+            if spread is not None and not math.isnan(spread.get(name, {}).get(key, math.nan)):
+                cell += f" +- {spread[name][key]:.3f}"
+            cells.append(cell)
+        closed = "-"
+        if not name.startswith("teacher") and name != "ce":
+            share = gap_closed(row.get("val/ce", math.nan), ce, teacher)
+            closed = "-" if math.isnan(share) else f"{share:+.0%}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {closed} |")
+    return "\n".join(lines)
+
+
+def print_table(table: dict, out_dir: Path, seconds: float, teachers: Teachers) -> None:
+    how = "trained now" if teachers.trained else "from the cache"
+    print(
+        f"\nDemo finished in {seconds / 60:.1f} min (teachers {how}, key {teachers.key}). "
+        "Validation on held-out programs, same masks for every model:\n"
+    )
+    print(format_table(table))
+    print(
+        "\nNELBO in nats per BPE token, except teacher_unigram's (per Unigram token); the "
+        "teachers are scored fully bidirectionally, the students block by block.\n"
+        "gap closed = (NELBO of ce - NELBO of the student) / (NELBO of ce - NELBO of "
+        "teacher_bpe)."
+    )
     print(f"\nTensorBoard: .venv/bin/tensorboard --logdir {out_dir}")

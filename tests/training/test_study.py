@@ -1,0 +1,180 @@
+"""The demo's corpus and teacher cache, its table, and the study's grid, resume and report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from tide_lightning.config import load_config
+from tide_lightning.errors import UserError
+from tide_lightning.training import demo, study
+from tide_lightning.training.demo_corpus import program, write_corpus
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_corpus_is_deterministic_and_code(tmp_path):
+    a = write_corpus(tmp_path / "a", train_docs=20, val_docs=5)
+    b = write_corpus(tmp_path / "b", train_docs=20, val_docs=5)
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    train = [json.loads(line)["text"] for line in a[0].read_text().splitlines()]
+    val = [json.loads(line)["text"] for line in a[1].read_text().splitlines()]
+    assert len(train) == 20 and len(val) == 5 and not set(train) & set(val)
+    for text in train:
+        compile(text, "<generated>", "exec")  # every program is valid Python
+    source = program(random.Random(3))
+    name = source.split("(")[0].removeprefix("def ")
+    assert f"print({name}(" in source  # the call copies the function's name
+
+
+def test_teacher_key_follows_config_and_corpus_not_the_folder(tmp_path):
+    corpus = write_corpus(tmp_path / "one" / "corpus", train_docs=10, val_docs=2)
+    moved = write_corpus(tmp_path / "two" / "corpus", train_docs=10, val_docs=2)
+    configs = {
+        n: demo._teacher_config(CONF / "demo.yaml", n, corpus, []) for n in ("bpe", "unigram")
+    }
+    key = demo.teacher_key(configs, corpus)
+    again = {n: demo._teacher_config(CONF / "demo.yaml", n, moved, []) for n in ("bpe", "unigram")}
+    assert demo.teacher_key(again, moved) == key  # another out folder, same corpus
+    longer = {
+        n: demo._teacher_config(CONF / "demo.yaml", n, corpus, demo.steps_overrides(7))
+        for n in ("bpe", "unigram")
+    }
+    assert demo.teacher_key(longer, corpus) != key
+    assert longer["bpe"].trainer.max_steps == 7 * demo.TEACHER_STEP_FACTOR
+    corpus[0].write_text(corpus[0].read_text() + '{"text": "x = 1\\n"}\n')
+    assert demo.teacher_key(configs, corpus) != key
+
+
+def test_teacher_configs_are_bigger_and_trained_longer_than_students(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", train_docs=10, val_docs=2)
+    student = load_config(CONF / "demo.yaml")
+    bpe = demo._teacher_config(CONF / "demo.yaml", "bpe", corpus, [])
+    unigram = demo._teacher_config(CONF / "demo.yaml", "unigram", corpus, [])
+    assert bpe.student.hidden_size > student.student.hidden_size
+    assert bpe.trainer.max_steps == 2 * student.trainer.max_steps
+    assert (bpe.student.tokenizer.source, unigram.student.tokenizer.source) == ("bpe", "unigram")
+    assert bpe.data.sources[0].path == str(corpus[0].resolve())
+
+
+def test_cross_students_get_the_cross_defaults(tmp_path):
+    teachers = demo.Teachers(tmp_path / "bpe", tmp_path / "unigram", {}, "k", False)
+    cross = demo.student_config(
+        CONF / "demo.yaml", teachers, tmp_path, "cross", "tide_cross", "unigram"
+    )
+    shared = demo.student_config(CONF / "demo.yaml", teachers, tmp_path, "shared", "kl", "bpe")
+    assert cross.objective.temperature == 5.0 and shared.objective.temperature == 2.0
+    assert cross.teacher.path == str(tmp_path / "unigram")
+    assert cross.student.tokenizer.source == str(tmp_path / "bpe")
+
+
+def test_study_base_config_keeps_the_demo_teachers():
+    a, b = load_config(CONF / "demo.yaml"), load_config(CONF / "study.yaml")
+    assert dataclasses.replace(b, run_dir=a.run_dir) == a
+
+
+def test_gap_closed_and_table():
+    assert demo.gap_closed(2.5, 3.0, 2.0) == pytest.approx(0.5)
+    assert math.isnan(demo.gap_closed(2.5, 2.0, 3.0))  # no gap: nothing to close
+    table = {
+        "teacher_bpe": {"val/ce": 2.0},
+        "ce": {"val/ce": 3.0, "val/kl_to_teacher": 0.8, "val/chunk_kl": 0.1},
+        "tide_shared": {"val/ce": 2.75, "val/kl_to_teacher": 0.5},
+    }
+    text = demo.format_table(table, {"tide_shared": {"val/ce": 0.01}})
+    lines = text.splitlines()
+    assert lines[2] == "| teacher_bpe | 2.000 | - | - | - |"
+    assert lines[3] == "| ce | 3.000 | 0.800 | 0.100 | - |"
+    assert lines[4] == "| tide_shared | 2.750 +- 0.010 | 0.500 | - | +25% |"
+
+
+GRID = """
+seeds: [0, 1, 2]
+variants:
+  ce: {pipeline: shared, variant: ce}
+  t1: {pipeline: shared, variant: tide_shared, overrides: [objective.temperature=1.0]}
+  tc: {pipeline: cross, variant: tide_cross}
+quick: {seeds: [0], steps: 3, teacher_steps: 2, variants: [ce, tc]}
+"""
+
+
+def test_grid_and_quick(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(GRID)
+    full, quick = study.load_grid(path), study.load_grid(path, quick=True)
+    assert [v.name for v in full.variants] == ["ce", "t1", "tc"] and full.seeds == (0, 1, 2)
+    assert full.variants[1].overrides == ("objective.temperature=1.0",)
+    assert full.variants[2].spec == ("cross", "tide_cross", "unigram")
+    assert [v.name for v in quick.variants] == ["ce", "tc"]
+    assert (quick.seeds, quick.steps, quick.teacher_steps) == ((0,), 3, 2)
+    path.write_text(GRID.replace("variants: [ce, tc]", "variants: [ce, nope]"))
+    with pytest.raises(UserError, match="nope"):
+        study.load_grid(path, quick=True)
+    with pytest.raises(UserError, match="does not exist"):
+        study.load_grid(tmp_path / "missing.yaml")
+
+
+def test_shipped_grid_overrides_load():
+    grid = study.load_grid(study.GRID)
+    assert len(grid.variants) >= 10 and grid.seeds == (0, 1, 2)
+    teachers = demo.Teachers(Path("/t/bpe"), Path("/t/unigram"), {}, "k", False)
+    for v in grid.variants:  # every override is a real, valid key
+        pipeline, variant, teacher = v.spec
+        demo.student_config(CONF / "study.yaml", teachers, Path("/r"), pipeline, variant, teacher, v.overrides)  # fmt: skip
+
+
+class Stopped(Exception):
+    """Stands for the study being interrupted (Ctrl-C, a lost job)."""
+
+
+def test_study_resumes_and_reports(tmp_path, monkeypatch):
+    path = tmp_path / "grid.yaml"
+    path.write_text(GRID)
+    calls, stopped = [], []
+    teachers = demo.Teachers(
+        tmp_path / "bpe", tmp_path / "unigram", {"bpe": {"val/ce": 2.0}}, "k", False
+    )
+
+    def fake_train(config_path, teachers, out_dir, run_dir, spec, overrides):
+        seed = int(next(o for o in overrides if o.startswith("seed="))[5:])
+        calls.append((run_dir.name, spec[1]))
+        if len(calls) == 4 and not stopped:
+            stopped.append(True)
+            raise Stopped  # the study is stopped during its fourth run
+        return {"val/ce": 3.0 - 0.1 * seed - (0.5 if spec[1] != "ce" else 0), "val/chunk_kl": 0.2}
+
+    monkeypatch.setattr(demo, "ensure_teachers", lambda *a, **k: teachers)
+    monkeypatch.setattr(demo, "train_student", fake_train)
+    kwargs = {"grid_path": path, "out": str(tmp_path / "study"), "teachers_dir": str(tmp_path)}
+    with pytest.raises(Stopped):
+        study.run_study(CONF / "study.yaml", **kwargs)
+    assert [c[0] for c in calls] == ["ce-s0", "ce-s1", "ce-s2", "t1-s0"]
+    calls.clear()
+    results = study.run_study(CONF / "study.yaml", **kwargs)
+    assert [c[0] for c in calls] == ["t1-s0", "t1-s1", "t1-s2", "tc-s0", "tc-s1", "tc-s2"]
+    assert [r["val/ce"] for r in results["ce"]] == pytest.approx([3.0, 2.9, 2.8])
+    report = (tmp_path / "study" / "study.md").read_text()
+    assert "| ce | 2.900 +- 0.100 | - | 0.200 +- 0.000 | - |" in report
+    assert "| t1 | 2.400 +- 0.100 | - | 0.200 +- 0.000 | +56% |" in report  # 0.5 / 0.9
+    assert (tmp_path / "study" / "study.png").stat().st_size > 1000
+    assert (tmp_path / "study" / "runs" / "tc-s2" / "result.json").is_file()
+
+
+@pytest.mark.slow
+def test_quick_study_runs_end_to_end(tmp_path):
+    """``study --quick`` for real: tiny teachers, two seeds of three variants (a few minutes)."""
+    from tide_lightning.cli import main
+
+    out, teachers = tmp_path / "study", tmp_path / "demo"
+    args = ["study", "--config", str(CONF / "study.yaml"), "--quick"]
+    assert main([*args, "--out", str(out), "--teachers", str(teachers)]) == 0
+    report = (out / "study.md").read_text()
+    for name in ("teacher_bpe", "| ce |", "| tide_shared |", "| tide_cross |"):
+        assert name in report
+    assert len(list((out / "runs").glob("*/result.json"))) == 6
+    assert list((out / "runs" / "tide_shared-s0" / "tensorboard").glob("events*"))
