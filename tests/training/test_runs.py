@@ -85,6 +85,8 @@ def test_a_dated_run_dir_resumes_its_run_from_an_earlier_day(tmp_path, monkeypat
     assert expand_run_dir(config) == "runs/kl-2020-01-01"
     never = dataclasses.replace(config, resume="never")
     assert expand_run_dir(never) != "runs/kl-2020-01-01"
+    absolute = dataclasses.replace(config, run_dir=str(tmp_path / "runs" / "{variant}-{date}"))
+    assert expand_run_dir(absolute) == str(tmp_path / "runs" / "kl-2020-01-01")
 
 
 def test_resolved_config_stores_absolute_paths(tmp_path, monkeypatch):

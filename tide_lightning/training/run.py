@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import glob
 import logging
 import os
 import re
@@ -87,13 +88,13 @@ def expand_run_dir(config: RunConfig) -> str:
 
     expanded = fill(values["date"])
     if "{date}" in pattern and config.resume == "auto":
-        earlier = sorted(
-            path.parent.parent
-            for path in Path().glob(fill("*") + "/checkpoints/last.ckpt")
-            if path.parent.parent != Path(expanded)
+        found = glob.glob(
+            os.path.join(glob.escape(fill("\0")).replace("\0", "*"), "checkpoints", "last.ckpt")
         )
+        earlier = sorted(str(Path(p).parent.parent) for p in found)
+        earlier = [p for p in earlier if p != expanded]
         if earlier and not (Path(expanded) / "checkpoints" / "last.ckpt").is_file():
-            expanded = str(earlier[-1])
+            expanded = earlier[-1]
     return expanded
 
 
