@@ -262,3 +262,17 @@ def test_skip_counters_are_logged_only_once_non_zero(monkeypatch):
     counts["malformed_json"] = 2
     DataSkipLogger().on_train_batch_end(trainer, module, None, None, 0)
     assert logged == [{"data/skipped_malformed_json": 2.0}]
+
+
+def test_kl_history_is_restored_only_for_the_same_quantity_and_teacher():
+    from types import SimpleNamespace
+
+    from tide_lightning.training.module import DistillationModule
+
+    saved = {"global_step": 300, "kl_history": {"curve": "chunk KL to T", "points": [[150, [1.0]]]}}
+    same = SimpleNamespace(_curve_label="chunk KL to T", kl_history=[])
+    DistillationModule.on_load_checkpoint(same, saved)
+    assert same.kl_history == [(150, [1.0])] and same._loaded_step == 300
+    other = SimpleNamespace(_curve_label="token KL to U", kl_history=[])
+    DistillationModule.on_load_checkpoint(other, saved)
+    assert other.kl_history == []

@@ -131,6 +131,11 @@ class DistillationModule(L.LightningModule):
         return min(self.log_step / max(self.total_steps, 1), 1.0)
 
     @property
+    def _curve_label(self) -> str:
+        """What the KL-vs-t history measures: quantity and teacher."""
+        return f"{self.objective.spec.level} KL to {self.teacher_label}"
+
+    @property
     def val_metric_names(self) -> tuple[str, ...]:
         """The validation scalars this variant logs (what the HParams view compares)."""
         level = self.objective.spec.level
@@ -328,10 +333,14 @@ class DistillationModule(L.LightningModule):
         if config is not None:
             checkpoint["student_hf_config"] = config.to_dict()
         checkpoint["student_mask_token_id"] = self.student.mask_token_id
-        checkpoint["kl_history"] = self.kl_history
+        checkpoint["kl_history"] = {"curve": self._curve_label, "points": self.kl_history}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Called by fit (resume) and by validate/test: the latter do not restore the
         # global step, so the checkpoint's own step is kept for the logs.
         self._loaded_step = int(checkpoint.get("global_step", 0))
-        self.kl_history = [(int(s), list(v)) for s, v in checkpoint.get("kl_history", [])]
+        saved = checkpoint.get("kl_history") or {}
+        # A checkpoint validated against another teacher or quantity (the demo's probes)
+        # starts its own history instead of overlaying curves of a different KL.
+        if isinstance(saved, dict) and saved.get("curve") == self._curve_label:
+            self.kl_history = [(int(s), list(v)) for s, v in saved["points"]]
