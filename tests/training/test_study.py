@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from tide_lightning.config import load_config
 from tide_lightning.errors import UserError
@@ -150,6 +151,7 @@ def test_study_resumes_and_reports(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo, "ensure_teachers", lambda *a, **k: teachers)
     monkeypatch.setattr(demo, "train_student", fake_train)
+    monkeypatch.setattr(study, "measure_mechanisms", lambda *a: "| t |")
     kwargs = {"grid_path": path, "out": str(tmp_path / "study"), "teachers_dir": str(tmp_path)}
     with pytest.raises(Stopped):
         study.run_study(CONF / "study.yaml", **kwargs)
@@ -178,3 +180,40 @@ def test_quick_study_runs_end_to_end(tmp_path):
         assert name in report
     assert len(list((out / "runs").glob("*/result.json"))) == 6
     assert list((out / "runs" / "tide_shared-s0" / "tensorboard").glob("events*"))
+
+
+class LeftNeighbourTeacher:
+    """Knows a token exactly when the token to its left is visible, else guesses uniformly."""
+
+    mask_token_id = 0
+
+    def __init__(self, x0: torch.Tensor, vocab: int) -> None:
+        self.x0, self.vocab = x0, vocab
+
+    def logits(self, ids, logits_at, attention_mask=None):
+        x0 = torch.cat([self.x0] * (ids.shape[0] // self.x0.shape[0]))
+        seen = torch.zeros_like(logits_at)
+        seen[:, 1:] = ids[:, :-1] != self.mask_token_id
+        out = torch.zeros(*ids.shape, self.vocab)
+        out.scatter_(-1, x0[..., None], 10.0 * seen[..., None].float())
+        return out[logits_at]
+
+
+def test_teacher_by_t_shows_what_compdemo_reveals():
+    from tide_lightning.training.mechanisms import mechanism_table, teacher_by_t
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randint(1, 50, (40, 64), generator=gen)
+    batch = {"input_ids": x0, "maskable": torch.ones_like(x0, dtype=torch.bool)}
+    measured = teacher_by_t(LeftNeighbourTeacher(x0, 50), [batch], bins=5)
+    t = measured["centers"]
+    # The left neighbour is visible with probability 1 - t in one pass, 1 - t/2 with CompDemo.
+    assert measured["acc_plain"] == pytest.approx((1 - t).tolist(), abs=0.06)
+    assert measured["acc_compdemo"] == pytest.approx((1 - t / 2).tolist(), abs=0.06)
+    gain = measured["acc_compdemo"] - measured["acc_plain"]
+    assert gain[-1] > gain[0] + 0.2  # CompDemo helps most under heavy masking
+    assert (measured["nll_compdemo"] < measured["nll_plain"]).all()
+    assert measured["count"].sum() > 0
+    table = mechanism_table(measured)
+    row = table.splitlines()[2]  # t = 0.1: lambda_t = lambda_train(p) * (1 - t)
+    assert row.startswith("| 0.1 |") and row.endswith("| 0.450 | 0.810 |")

@@ -168,6 +168,7 @@ def run_study(
         ``{variant: [metrics of each seed]}``.
     """
     started = time.perf_counter()
+    demo.one_thread()
     config_path, out_dir = Path(config_path), Path(out).resolve()
     grid = load_grid(Path(grid_path or GRID), quick)
     teacher_out = Path(teachers_dir).resolve()
@@ -188,12 +189,38 @@ def run_study(
         "teacher_bpe": {"val/ce": teachers.metrics["bpe"].get("val/ce", math.nan)},
         **means,
     }
+    mechanisms = measure_mechanisms(config_path, teachers, teacher_out)
     text = _report(grid, table, spreads, time.perf_counter() - started, teachers.key)
+    text += (
+        "\nThe BPE teacher on the validation programs, by diffusion time t (CompDemo: each "
+        "half of the masked tokens read while the other half is revealed; lambda_t: the "
+        "TIDAL trust of tide_shared's settings):\n\n" + mechanisms + "\n"
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "study.md").write_text(text)
     plot(results, out_dir / "study.png")
     print("\n" + text + f"\nwritten: {out_dir / 'study.md'}, {out_dir / 'study.png'}")
     return results
+
+
+def measure_mechanisms(config_path: Path, teachers, teacher_out: Path) -> str:
+    """CompDemo and TIDAL measured on the BPE teacher over the validation batches (markdown)."""
+    from tide_lightning.models.frozen import load_teacher
+    from tide_lightning.training.builders import build_run
+    from tide_lightning.training.mechanisms import mechanism_table, teacher_by_t
+
+    config = demo.student_config(
+        config_path, teachers, teacher_out / "mechanisms", "shared", "tide_shared", "bpe"
+    )
+    config = demo._with_corpus(config, *demo._corpus_paths(teacher_out))
+    datamodule = build_run(config).datamodule
+    datamodule.setup("validate")
+    batches = list(datamodule.val_dataloader())
+    teacher = load_teacher(teachers.bpe, "tiny_moe", block_size=config.objective.block_size)
+    o = config.objective
+    return mechanism_table(
+        teacher_by_t(teacher, batches), o.lambda_init, o.lambda_max, o.lambda_shape, o.tidal_axis
+    )
 
 
 def _report(grid: Grid, table: dict, spreads: dict, seconds: float, key: str) -> str:
