@@ -152,6 +152,7 @@ def test_study_resumes_and_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "ensure_teachers", lambda *a, **k: teachers)
     monkeypatch.setattr(demo, "train_student", fake_train)
     monkeypatch.setattr(study, "measure_mechanisms", lambda *a: "| t |")
+    monkeypatch.setattr(study, "measure_calm_gradients", lambda *a: "| student |")
     kwargs = {"grid_path": path, "out": str(tmp_path / "study"), "teachers_dir": str(tmp_path)}
     with pytest.raises(Stopped):
         study.run_study(CONF / "study.yaml", **kwargs)
@@ -217,3 +218,20 @@ def test_teacher_by_t_shows_what_compdemo_reveals():
     table = mechanism_table(measured)
     row = table.splitlines()[2]  # t = 0.1: lambda_t = lambda_train(p) * (1 - t)
     assert row.startswith("| 0.1 |") and row.endswith("| 0.450 | 0.810 |")
+
+
+def test_reverse_calm_gradient_stays_bounded_where_calm_explodes():
+    from tide_lightning.training.mechanisms import chunk_gradient_norms
+
+    # Per chunk, with respect to LP_c (what reaches the logits; ds/dLP = s / T):
+    # CALM (s - t) / ((1 - s) T), unbounded as s -> 1; Reverse CALM -logit(t) s / T.
+    lp = torch.log(torch.tensor([0.9999, 0.9999]))
+    teacher = torch.log(torch.tensor([0.5, 0.5]))  # an unsure (badly aligned) chunk
+    sure = chunk_gradient_norms(lp, teacher, 1.0)
+    assert sure["calm"] == pytest.approx(0.4999 / 1e-4 / 2 * math.sqrt(2), rel=1e-2)
+    assert sure["reverse_calm"] == pytest.approx(0.0, abs=1e-6)  # logit(0.5) = 0
+    likely = chunk_gradient_norms(
+        torch.log(torch.tensor([0.8, 0.8])), torch.log(torch.tensor([0.9, 0.9])), 1.0
+    )
+    expected = math.log(9) * 0.8 / 2 * math.sqrt(2)  # mean over C = 2 chunks, L2 norm
+    assert likely["reverse_calm"] == pytest.approx(expected, rel=1e-4)

@@ -8,7 +8,12 @@
   Measured: the teacher's accuracy per t bin printed next to ``lambda_t`` at the middle and
   end of training, so the schedule can be judged against the teacher's real reliability.
 
-Pure evaluation (teacher forwards under ``no_grad``); the study writes the table.
+- Reverse CALM's claim: its gradient is bounded by the teacher. Measured: the norm of the
+  gradient of the CALM and of the Reverse CALM loss with respect to the student's chunk
+  log-probabilities, per validation batch, on a trained student's chunks.
+
+Pure evaluation (forwards under ``no_grad`` but for the loss itself); the study writes the
+tables.
 """
 
 from __future__ import annotations
@@ -16,12 +21,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tide_lightning.method.losses.chunk_losses import (
+    calm_loss,
+    chunk_log_probs,
+    reverse_calm_loss,
+)
+from tide_lightning.method.losses.rowwise import gold_log_probs
 from tide_lightning.method.masking import (
     apply_mask,
+    chunk_consistent_mask,
     complementary_inputs,
     complementary_split,
     merge_complementary,
+    num_chunks_of,
     sample_mask,
+    sample_time,
 )
 from tide_lightning.method.schedules import tidal_lambda
 
@@ -111,3 +125,60 @@ def mechanism_table(
             f"{measured['nll_compdemo'][i]:.3f} | {lam[0.5][i]:.3f} | {lam[1.0][i]:.3f} |"
         )
     return "\n".join(lines)
+
+
+def _grid(values: Tensor, selected: Tensor) -> Tensor:
+    return torch.zeros(selected.shape).masked_scatter(selected, values.float())
+
+
+def chunk_gradient_norms(student_lp: Tensor, teacher_lp: Tensor, temperature: float) -> dict:
+    """Gradient norms of CALM and Reverse CALM with respect to the student's chunk log-probs.
+
+    With respect to ``LP_c`` (what reaches the logits, ``ds/dLP = s / T``) a chunk's CALM
+    gradient is ``(s - t) / ((1 - s) T)``, unbounded as the student grows sure (s -> 1), and
+    Reverse CALM's is ``-logit(t) s / T``, bounded by the teacher and zero at t = 0.5.
+
+    Args:
+        student_lp: Float[C] student ``LP_c`` of the active chunks.
+        teacher_lp: Float[C] teacher ``LP_c``.
+        temperature: ``T`` of the chunk probabilities.
+
+    Returns:
+        ``{"calm": float, "reverse_calm": float}``: the L2 norm of d loss / d LP over C.
+    """
+    norms = {}
+    for name, loss in (("calm", calm_loss), ("reverse_calm", reverse_calm_loss)):
+        lp = student_lp.detach().float().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss(lp, teacher_lp.float(), temperature), lp)
+        norms[name] = float(grad.norm())
+    return norms
+
+
+@torch.no_grad()
+def chunk_lps(student, teacher, batch: dict[str, Tensor], block_size: int, gen) -> tuple:
+    """Student and teacher ``LP_c`` of the active chunks of one cross batch, as in training.
+
+    Returns:
+        ``(student_lp, teacher_lp)``: Float[C] each.
+    """
+    x0, maskable = batch["input_ids"], batch["maskable"]
+    s_ids, t_ids = batch["student_chunk_ids"], batch["teacher_chunk_ids"]
+    chunks = num_chunks_of(s_ids, t_ids)
+    t = sample_time(x0.shape[0], 1e-3, gen)
+    drawn = sample_mask(x0, maskable, t, gen)
+    masked, t_masked, _, active = chunk_consistent_mask(drawn, maskable, s_ids, t_ids, chunks)
+    logits = student.forward_train(
+        apply_mask(x0, masked, student.mask_token_id), x0, masked, block_size,
+        batch.get("attention_mask"),
+    )  # fmt: skip
+    tx0 = batch["teacher_input_ids"]
+    t_logits = teacher.logits(
+        apply_mask(tx0, t_masked, teacher.mask_token_id), t_masked,
+        attention_mask=batch.get("teacher_attention_mask"),
+    )  # fmt: skip
+    student_tok = _grid(gold_log_probs(logits, x0[masked]), masked)
+    teacher_tok = _grid(gold_log_probs(t_logits, tx0[t_masked]), t_masked)
+    return (
+        chunk_log_probs(student_tok, s_ids, chunks)[active],
+        chunk_log_probs(teacher_tok, t_ids, chunks)[active],
+    )

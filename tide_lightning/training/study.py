@@ -190,11 +190,17 @@ def run_study(
         **means,
     }
     mechanisms = measure_mechanisms(config_path, teachers, teacher_out)
+    wanted = ("ce", "calm", "tide_cross")
+    chunk_runs = {n: out_dir / "runs" / f"{n}-s{grid.seeds[0]}" for n in wanted if n in results}
+    gradients = measure_calm_gradients(config_path, teachers, teacher_out, chunk_runs)
     text = _report(grid, table, spreads, time.perf_counter() - started, teachers.key)
     text += (
         "\nThe BPE teacher on the validation programs, by diffusion time t (CompDemo: each "
         "half of the masked tokens read while the other half is revealed; lambda_t: the "
         "TIDAL trust of tide_shared's settings):\n\n" + mechanisms + "\n"
+        "\nGradient norm of the chunk loss with respect to the student's chunk "
+        "log-probabilities, per validation batch, on each student's last checkpoint "
+        f"(seed {grid.seeds[0]}; T = the cross pipeline's temperature):\n\n" + gradients + "\n"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "study.md").write_text(text)
@@ -221,6 +227,54 @@ def measure_mechanisms(config_path: Path, teachers, teacher_out: Path) -> str:
     return mechanism_table(
         teacher_by_t(teacher, batches), o.lambda_init, o.lambda_max, o.lambda_shape, o.tidal_axis
     )
+
+
+def measure_calm_gradients(
+    config_path: Path, teachers, teacher_out: Path, runs: dict[str, Path]
+) -> str:
+    """CALM and Reverse CALM gradient norms per validation batch on trained students (markdown).
+
+    Args:
+        runs: row name -> a student's run folder (its ``checkpoints/last.ckpt`` is read).
+    """
+    import statistics as st
+
+    import torch
+
+    from tide_lightning.generation.export import load_any
+    from tide_lightning.models.frozen import load_teacher
+    from tide_lightning.training.builders import build_run
+    from tide_lightning.training.mechanisms import chunk_gradient_norms, chunk_lps
+
+    config = demo.student_config(
+        config_path, teachers, teacher_out / "mechanisms", "cross", "tide_cross", "unigram"
+    )
+    config = demo._with_corpus(config, *demo._corpus_paths(teacher_out))
+    datamodule = build_run(config).datamodule
+    datamodule.setup("validate")
+    batches = list(datamodule.val_dataloader())
+    teacher = load_teacher(teachers.unigram, "tiny_moe")
+    o = config.objective
+    lines = [
+        "| student | batches | CALM gradient norm, mean (max) | Reverse CALM, mean (max) |",
+        "|---|---|---|---|",
+    ]
+    for name, run_dir in runs.items():
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            continue
+        student = load_any(ckpt, dtype=torch.float32, device="cpu").student.eval()
+        gen = torch.Generator().manual_seed(0)
+        norms = [
+            chunk_gradient_norms(*chunk_lps(student, teacher, b, o.block_size, gen), o.temperature)
+            for b in batches
+        ]
+        cells = []
+        for key in ("calm", "reverse_calm"):
+            values = [n[key] for n in norms]
+            cells.append(f"{st.fmean(values):.4f} ({max(values):.4f})")
+        lines.append(f"| {name} | {len(norms)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _report(grid: Grid, table: dict, spreads: dict, seconds: float, key: str) -> str:
