@@ -126,7 +126,10 @@ def test_shipped_grid_overrides_load():
     teachers = demo.Teachers(Path("/t/bpe"), Path("/t/unigram"), {}, "k", False)
     for v in grid.variants:  # every override is a real, valid key
         pipeline, variant, teacher = v.spec
-        demo.student_config(CONF / "study.yaml", teachers, Path("/r"), pipeline, variant, teacher, v.overrides)  # fmt: skip
+        config = demo.student_config(
+            CONF / "study.yaml", teachers, Path("/r"), pipeline, variant, teacher, v.overrides
+        )
+        assert config.objective.variant == variant
 
 
 class Stopped(Exception):
@@ -153,6 +156,7 @@ def test_study_resumes_and_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "train_student", fake_train)
     monkeypatch.setattr(study, "measure_mechanisms", lambda *a: "| t |")
     monkeypatch.setattr(study, "measure_calm_gradients", lambda *a: "| student |")
+    monkeypatch.setattr(study, "measure_term_gradients", lambda *a: "| student |")
     kwargs = {"grid_path": path, "out": str(tmp_path / "study"), "teachers_dir": str(tmp_path)}
     with pytest.raises(Stopped):
         study.run_study(CONF / "study.yaml", **kwargs)
@@ -191,7 +195,7 @@ class LeftNeighbourTeacher:
     def __init__(self, x0: torch.Tensor, vocab: int) -> None:
         self.x0, self.vocab = x0, vocab
 
-    def logits(self, ids, logits_at, attention_mask=None):
+    def logits(self, ids, logits_at, attention_mask=None, clean_ids=None):
         x0 = torch.cat([self.x0] * (ids.shape[0] // self.x0.shape[0]))
         seen = torch.zeros_like(logits_at)
         seen[:, 1:] = ids[:, :-1] != self.mask_token_id
@@ -235,3 +239,22 @@ def test_reverse_calm_gradient_stays_bounded_where_calm_explodes():
     )
     expected = math.log(9) * 0.8 / 2 * math.sqrt(2)  # mean over C = 2 chunks, L2 norm
     assert likely["reverse_calm"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_term_gradient_norms_split_the_two_terms():
+    from tide_lightning.method.objective import ObjectiveConfig
+    from tide_lightning.models.student import build_student
+    from tide_lightning.training.mechanisms import term_gradient_norms
+
+    student = build_student(50, 16, 1, 2, mask_token_id=0, seed=0)
+    x0 = torch.randint(1, 50, (4, 32), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": x0, "maskable": torch.ones_like(x0, dtype=torch.bool)}
+    teacher = LeftNeighbourTeacher(x0, 50)
+    norms = {}
+    for variant in ("ce", "tide_shared"):
+        objective = ObjectiveConfig(variant=variant, block_size=16).resolved("shared")
+        gen = torch.Generator().manual_seed(0)
+        norms[variant] = term_gradient_norms(student, teacher, batch, objective, 1.0, gen)
+    assert norms["ce"]["distill"] == 0.0 and norms["ce"]["ce"] > 0
+    assert norms["tide_shared"]["distill"] > 0
+    assert norms["tide_shared"]["ce"] == pytest.approx(norms["ce"]["ce"])  # same masks

@@ -182,3 +182,26 @@ def chunk_lps(student, teacher, batch: dict[str, Tensor], block_size: int, gen) 
         chunk_log_probs(student_tok, s_ids, chunks)[active],
         chunk_log_probs(teacher_tok, t_ids, chunks)[active],
     )
+
+
+def term_gradient_norms(student, teacher, batch, objective, progress: float, gen) -> dict:
+    """Gradient norms over the student's parameters of the CE and the distillation term.
+
+    One step of ``objective`` on ``batch`` at training progress ``progress``; nothing is
+    updated. The distillation norm is the weighted term's (``distill_weight * distill``).
+
+    Returns:
+        ``{"ce": float, "distill": float}``.
+    """
+    from tide_lightning.method.objective import distill_step
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    out = distill_step(student, teacher, batch, objective, progress, gen, pipeline="shared")
+    norms = {}
+    for name, term in (("ce", out.ce), ("distill", objective.distill_weight * out.distill)):
+        if not term.requires_grad:  # the ce variant's distillation term is a constant 0
+            norms[name] = 0.0
+            continue
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        norms[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+    return norms

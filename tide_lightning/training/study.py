@@ -193,6 +193,12 @@ def run_study(
     wanted = ("ce", "calm", "tide_cross")
     chunk_runs = {n: out_dir / "runs" / f"{n}-s{grid.seeds[0]}" for n in wanted if n in results}
     gradients = measure_calm_gradients(config_path, teachers, teacher_out, chunk_runs)
+    shared = {
+        v.name: (out_dir / "runs" / f"{v.name}-s{grid.seeds[0]}", v.variant, v.overrides)
+        for v in grid.variants
+        if v.pipeline == "shared" and v.variant != "ce"
+    }
+    shares = measure_term_gradients(config_path, teachers, teacher_out, shared)
     text = _report(grid, table, spreads, time.perf_counter() - started, teachers.key)
     text += (
         "\nThe BPE teacher on the validation programs, by diffusion time t (CompDemo: each "
@@ -201,6 +207,9 @@ def run_study(
         "\nGradient norm of the chunk loss with respect to the student's chunk "
         "log-probabilities, per validation batch, on each student's last checkpoint "
         f"(seed {grid.seeds[0]}; T = the cross pipeline's temperature):\n\n" + gradients + "\n"
+        "\nGradient norms over the student's parameters of its CE term and of its weighted "
+        "distillation term, on the validation batches, last checkpoint of seed "
+        f"{grid.seeds[0]}, at training progress 0.5 and 1 (TIDAL's lambda):\n\n" + shares + "\n"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "study.md").write_text(text)
@@ -274,6 +283,59 @@ def measure_calm_gradients(
             values = [n[key] for n in norms]
             cells.append(f"{st.fmean(values):.4f} ({max(values):.4f})")
         lines.append(f"| {name} | {len(norms)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def measure_term_gradients(
+    config_path: Path, teachers, teacher_out: Path, runs: dict[str, tuple[Path, tuple]]
+) -> str:
+    """Per shared student: gradient norms of its CE and distillation terms (markdown).
+
+    Args:
+        runs: row name -> (run folder, the variant's overrides); the last checkpoint is
+            read and scored at progress 0.5 and 1 on the validation batches.
+    """
+    import statistics as st
+
+    import torch
+
+    from tide_lightning.generation.export import load_any
+    from tide_lightning.models.frozen import load_teacher
+    from tide_lightning.training.builders import build_run
+    from tide_lightning.training.mechanisms import term_gradient_norms
+
+    teacher = load_teacher(teachers.bpe, "tiny_moe")
+    lines = [
+        "| student | progress | CE gradient norm | distillation gradient norm | share |",
+        "|---|---|---|---|---|",
+    ]
+    batches = None
+    for name, (run_dir, variant, overrides) in runs.items():
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            continue
+        config = demo.student_config(
+            config_path, teachers, teacher_out / "mechanisms", "shared", variant, "bpe",
+            overrides,
+        )  # fmt: skip
+        if batches is None:
+            config_c = demo._with_corpus(config, *demo._corpus_paths(teacher_out))
+            datamodule = build_run(config_c).datamodule
+            datamodule.setup("validate")
+            batches = list(datamodule.val_dataloader())
+        student = load_any(ckpt, dtype=torch.float32, device="cpu").student
+        for progress in (0.5, 1.0):
+            gen = torch.Generator().manual_seed(0)
+            norms = [
+                term_gradient_norms(student, teacher, b, config.objective, progress, gen)
+                for b in batches
+            ]
+            ce = st.fmean(n["ce"] for n in norms)
+            distill = st.fmean(n["distill"] for n in norms)
+            lines.append(
+                f"| {name} | {progress} | {ce:.3f} | {distill:.3f} | "
+                f"{distill / max(ce + distill, 1e-12):.1%} |"
+            )
     return "\n".join(lines)
 
 
