@@ -21,12 +21,13 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	# Without CUDA, DeepSpeed's CPU shared-memory collective op (deepspeed_shm_comm) is built
 	# into the package (DS_BUILD_SHM_COMM=1). Otherwise DeepSpeed JIT-compiles it on the
 	# first multi-process CPU run, for minutes, under a lock in ~/.cache/torch_extensions
-	# that an interrupted build leaves behind (every later run then waits on it).
+	# that an interrupted build leaves behind (every later run then waits on it). The version
+	# is read from the package metadata: importing deepspeed prints a warning on stdout.
 	if $(BIN)/python -c "import torch, sys; sys.exit(torch.cuda.is_available())" && \
 	   ! $(BIN)/python -c "$(DS_OP_BUILT)" 2>/dev/null; then \
 	  DS_ACCELERATOR=cpu DS_BUILD_SHM_COMM=1 $(BIN)/python -m pip install --quiet \
 	    --no-build-isolation --no-cache-dir --force-reinstall --no-deps \
-	    "deepspeed==$$($(BIN)/python -c 'import deepspeed; print(deepspeed.__version__)')"; \
+	    "deepspeed==$$($(BIN)/python -c 'from importlib.metadata import version; print(version("deepspeed"))')"; \
 	  $(BIN)/python -c "$(DS_OP_BUILT)"; \
 	fi
 	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -e .
