@@ -1,4 +1,4 @@
-"""distill_step: the per-batch algorithm of SPEC sections 3, 6, 7 with recording fakes."""
+"""distill_step: the per-batch algorithm of docs/method.md §3, §8, §9 with recording fakes."""
 
 import pytest
 import torch

@@ -6,7 +6,7 @@ from tide_lightning import bd3lm_attention_mask
 
 
 def allowed_by_spec(q: int, k: int, seq_len: int, block: int, clean_first: bool) -> bool:
-    """SPEC section 3, written out independently of the implementation."""
+    """docs/method.md §3.2, written out independently of the implementation."""
     q_noisy = (q < seq_len) != clean_first
     k_noisy = (k < seq_len) != clean_first
     bq, bk = (q % seq_len) // block, (k % seq_len) // block

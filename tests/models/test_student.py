@@ -1,4 +1,4 @@
-"""BD3LM student: the SPEC section 3 facts, cached decoding, selection, loading."""
+"""BD3LM student: the docs/method.md §3.2 facts, cached decoding, selection, loading."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """Turn one document into the token fields of one training example.
 
 Pure functions of (tokenizer, document, lengths); no torch, no state. The stream
-calls them inside dataloader workers. Conventions (SPEC section 3): prompt tokens
+calls them inside dataloader workers. Conventions (docs/method.md §3): prompt tokens
 are never maskable; a sequence is filled with EOS up to a multiple of the block
 size and the filling EOS are maskable (supervised); padding comes later, in the
 collate step, and therefore starts on a block boundary.
 
-Chat supervision follows ``supervision`` (SPEC section 2): ``last_turn`` (the
+Chat supervision follows ``supervision`` (docs/method.md §14): ``last_turn`` (the
 published runs) makes only the final assistant turn and its end-of-turn token
 maskable, ``all_turns`` every assistant turn. In the shared pipeline the teacher
 either reads the student's own sequence (``teacher_view="same_sequence"``) or the

@@ -12,7 +12,7 @@ Nothing downloads (``HF_DATASETS_OFFLINE`` / ``HF_HUB_OFFLINE`` are set). A row 
 when its dataset is in the local Hugging Face cache and lm-eval's evaluator (and, for two
 tasks of the published fork, the task definition) is importable; otherwise the row is
 skipped with what to place where. The result is the paper's table layout, the published
-columns (SPEC section 1) beside ours, in ``paper_table.md`` and ``paper_results.json``.
+columns (docs/method.md §1) beside ours, in ``paper_table.md`` and ``paper_results.json``.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ PUBLISHED: dict[str, tuple[float, ...]] = {
     "MBPP": (36.60, 37.80, 31.20, 37.80, 31.40, 34.80, 38.40, 38.60),
     "Average": (40.91, 32.67, 30.55, 33.55, 30.79, 32.25, 33.83, 34.20),
 }
-"""SPEC section 1: the paper's table, one tuple per benchmark in PUBLISHED_COLUMNS order."""
+"""The paper's table (docs/method.md §1), one tuple per benchmark in PUBLISHED_COLUMNS order."""
 
 
 @dataclass

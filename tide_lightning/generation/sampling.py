@@ -1,4 +1,4 @@
-"""Block-diffusion decoding (SPEC section 3, "Sampling") with a cached prefix.
+"""Block-diffusion decoding (docs/method.md §4) with a cached prefix.
 
 Prompts are left-padded to a multiple of the block size ``Bk``; position ids count
 real tokens only, so a prompt decodes the same alone or inside a padded batch. Then

@@ -1,4 +1,4 @@
-"""Diffusion time, masks, and CompDemo's complementary splits (SPEC sections 3, 6, 7).
+"""Diffusion time, masks, and CompDemo's complementary splits (docs/method.md §3, §8, §9).
 
 Token-level and chunk-level versions live side by side: the cross pipeline's chunk
 forms take the per-token chunk ids produced by :mod:`tide_lightning.method.alignment`
@@ -19,7 +19,7 @@ def sample_time(
     per_block: int | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Diffusion times ``t = eps + (1 - eps) * u``, ``u ~ U[0, 1)`` (SPEC section 3.1).
+    """Diffusion times ``t = eps + (1 - eps) * u``, ``u ~ U[0, 1)`` (docs/method.md §3.1).
 
     Args:
         batch_size: ``B``.
@@ -72,7 +72,7 @@ def apply_mask(x0: Tensor, masked: Tensor, mask_id: int) -> Tensor:
 def complementary_split(
     masked: Tensor, ratio: float = 0.5, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Split the masked set into CompDemo's halves (SPEC section 6).
+    """Split the masked set into CompDemo's halves (docs/method.md §8).
 
     ``M_A = M & (u < ratio)`` and ``M_B = M & ~(u < ratio)``: a partition of ``M``.
 
@@ -160,7 +160,7 @@ def chunk_consistent_mask(
     teacher_chunk_ids: Tensor,
     num_chunks: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Grow a sampled student mask to whole chunks on both sides (SPEC section 7).
+    """Grow a sampled student mask to whole chunks on both sides (docs/method.md §9).
 
     Every chunk containing a masked student token becomes fully masked: its student
     tokens where maskable, all its teacher tokens. Active chunks are masked chunks

@@ -1,4 +1,4 @@
-"""SPEC's per-batch algorithm as one function, shared by training and validation.
+"""The per-batch algorithm (docs/method.md) as one function, shared by training and validation.
 
 :func:`distill_step` draws times and masks, runs the student, the teacher passes
 (CompDemo's two passes as one batched forward of ``2B`` rows) and the losses from the

@@ -1,4 +1,4 @@
-"""TIDAL's dual-axis teacher-trust schedule and the time weights (SPEC section 5).
+"""TIDAL's dual-axis teacher-trust schedule and the time weights (docs/method.md §6).
 
 The student trusts the teacher more as training progresses (training axis) and less
 at high noise, where the teacher's own prediction is least reliable (timestep axis).
@@ -80,7 +80,7 @@ def tidal_lambda(
 
 
 def midrange_weight(t: Tensor, center: float = 0.5, width: float = 0.15) -> Tensor:
-    """Gaussian time weight ``exp(-(t - 0.5)^2 / (2 * 0.15^2))`` (SPEC section 5).
+    """Gaussian time weight ``exp(-(t - 0.5)^2 / (2 * 0.15^2))`` (docs/method.md §6).
 
     Args:
         t: Float[...] diffusion times.

@@ -1,6 +1,6 @@
 """The shared pipeline's aligned teacher view: student masks carried to teacher positions.
 
-In the published ``*_aligned`` modes (SPEC section 10) the teacher reads the
+In the published ``*_aligned`` modes (docs/method.md §14) the teacher reads the
 conversation rendered with its own chat template, so a student answer token at
 position ``i`` sits at teacher position ``pos[i]`` (``aligned_teacher_pos``, -1 when
 it has no counterpart). The token losses run only at masked student positions that

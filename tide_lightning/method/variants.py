@@ -1,4 +1,4 @@
-"""The registry of training variants (SPEC section 8).
+"""The registry of training variants (docs/method.md §12).
 
 One dict serves both config validation and dispatch, so the set of names a config
 may use and the set of losses the code implements cannot drift apart. Every

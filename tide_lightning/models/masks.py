@@ -31,7 +31,7 @@ def bd3lm_allowed(
 
     With ``clean_first=False`` the layout is ``[xt ; x0]`` (the student); with
     ``clean_first=True`` it is ``[x0 ; xt]`` (WeDLM teachers), the same rule with
-    the halves swapped. Rule (SPEC section 3), with ``blk(i) = (i mod L) // Bk``:
+    the halves swapped. Rule (docs/method.md §3.2), with ``blk(i) = (i mod L) // Bk``:
 
     - same block and same half (bidirectional inside a block), or
     - query noisy, key clean, and ``blk(q) > blk(k)``, or

@@ -1,4 +1,4 @@
-"""The block-diffusion (BD3LM) student: a Qwen3 backbone run under the SPEC section 3 mask.
+"""The block-diffusion (BD3LM) student: a Qwen3 backbone run under the docs/method.md §3.2 mask.
 
 The student is plain Qwen3 weights; what makes it a block-diffusion model is how it
 is called. Training runs ``[xt ; x0]`` (length ``2L``) with duplicated position ids
@@ -173,7 +173,7 @@ class BD3LMStudent(nn.Module):
             logits_at: Bool[B, L] positions of the noisy half whose logits are wanted.
             block_size: ``Bk``.
             attention_mask: Bool[B, L] real tokens, or None. Padding starts on a block
-                boundary (SPEC section 3.4), so it only changes padding rows; it is
+                boundary (docs/method.md §3.4), so it only changes padding rows; it is
                 applied anyway for safety.
 
         Returns:

@@ -1,4 +1,4 @@
-"""Cross-tokenizer chunk alignment (SPEC section 7), in plain Python and NumPy.
+"""Cross-tokenizer chunk alignment (docs/method.md §9), in plain Python and NumPy.
 
 - `byte_tables`: token id -> exact bytes, cached per tokenizer.
 - `spans`: tokens on a common byte axis and the vectorised chunk search.

@@ -1,6 +1,6 @@
 """Token positions of one conversation under two chat templates and one vocabulary.
 
-The shared pipeline's aligned teacher view (SPEC section 10, the published
+The shared pipeline's aligned teacher view (docs/method.md §14, the published
 ``*_aligned`` modes): student and teacher tokenizers share their vocabulary
 (WeDLM and the Qwen3 student), but each renders the conversation with its own
 chat template, so the same answer token sits at different positions on the two

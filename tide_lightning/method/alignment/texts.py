@@ -1,4 +1,4 @@
-"""Chunk alignment of one text under two tokenizers (SPEC section 7)."""
+"""Chunk alignment of one text under two tokenizers (docs/method.md §9)."""
 
 from __future__ import annotations
 

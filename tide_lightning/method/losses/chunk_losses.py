@@ -1,4 +1,4 @@
-"""Chunk-level losses for the cross-tokenizer pipeline (SPEC sections 5 and 7).
+"""Chunk-level losses for the cross-tokenizer pipeline (docs/method.md §10, §11).
 
 A chunk is a span of text tokenized differently on the two sides; its probability
 is the product of its gold-token probabilities, tempered: ``p_c = exp(LP_c / T)``.
@@ -60,7 +60,7 @@ def _mean(values: Tensor) -> Tensor:
 def calm_loss(
     student_chunk_logp: Tensor, teacher_chunk_logp: Tensor, temperature: float = 5.0
 ) -> Tensor:
-    """Forward CALM averaged over active chunks (SPEC section 7).
+    """Forward CALM averaged over active chunks (docs/method.md §10).
 
     Args:
         student_chunk_logp: Float[C] student ``LP_c`` of the active chunks (with gradient).
@@ -78,7 +78,7 @@ def calm_loss(
 def reverse_calm_loss(
     student_chunk_logp: Tensor, teacher_chunk_logp: Tensor, temperature: float = 5.0
 ) -> Tensor:
-    """Reverse CALM averaged over active chunks (SPEC section 7); the TIDE-Cross loss.
+    """Reverse CALM averaged over active chunks (docs/method.md §10); the TIDE-Cross loss.
 
     Args:
         student_chunk_logp: Float[C]; teacher_chunk_logp: Float[C]; temperature: ``T``.
@@ -99,7 +99,7 @@ def chunk_tidal_loss(
     weight: Tensor | None = None,
     eps: float = CHUNK_EPS,
 ) -> Tensor:
-    """Chunk-space TIDAL (SPEC section 5, "TIDE-Shared (A)").
+    """Chunk-space TIDAL (docs/method.md §11, "TIDE-Shared (A)").
 
     ``m_c = clamp(((1 - lambda) s_c + lambda t_c).detach(), eps, 1 - eps)``,
     ``l_c = -[m_c log s_c + (1 - m_c) log(1 - s_c)]``, weighted by ``w`` and averaged
@@ -132,7 +132,7 @@ def reverse_chunk_tidal_loss(
     weight: Tensor | None = None,
     eps: float = CHUNK_EPS,
 ) -> Tensor:
-    """Reverse chunk-space TIDAL (the published ``reverse_alm_taid``, SPEC section 5).
+    """Reverse chunk-space TIDAL (the published ``reverse_alm_taid``, docs/method.md §11).
 
     The same detached target ``m_c`` as :func:`chunk_tidal_loss`, with the roles of the
     Bernoulli cross-entropy swapped as in Reverse CALM: ``l_c = -[s_c log m_c +

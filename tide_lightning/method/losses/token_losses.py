@@ -56,7 +56,7 @@ def tidal_loss(
     temperature: float = 2.0,
     weight: Tensor | None = None,
 ) -> Tensor:
-    """TIDAL loss at masked positions (SPEC section 5).
+    """TIDAL loss at masked positions (docs/method.md §6).
 
     Target ``r = softmax(((1 - lambda) s + lambda z) / T)`` (detached); loss
     ``T^2 * sum_i w_i KL(r_i || softmax(s_i / T)) / N``.
@@ -150,7 +150,7 @@ def _weighted_ce_kernel(s: Tensor, targets: Tensor, coef: Tensor, need_grad: boo
 def masked_diffusion_ce(
     logits: Tensor, x0: Tensor, masked: Tensor, t: Tensor, maskable: Tensor
 ) -> Tensor:
-    """Block-diffusion NELBO term ``sum M (1/t) CE(logits, x0) / sum maskable`` (SPEC 3.5).
+    """Block-diffusion NELBO term ``sum M (1/t) CE(logits, x0) / sum maskable`` (docs/method.md §3.5).
 
     Args:
         logits: Float[B, L, V] full logits, or Float[N, V] already gathered at ``masked``.
