@@ -60,7 +60,9 @@ def _plan_args(parser: argparse.ArgumentParser) -> None:
 
 def _demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="where the demo writes its runs")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per student")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="steps per student (teachers: twice as many)"
+    )
 
 
 def _study_args(parser: argparse.ArgumentParser) -> None:
