@@ -214,3 +214,9 @@ def test_loading_a_config_imports_neither_lightning_nor_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"  # print-config answers in about a second
+
+
+def test_unset_environment_path_names_the_variable_and_key(monkeypatch):
+    monkeypatch.delenv("TIDE_STUDENT", raising=False)
+    with pytest.raises(ConfigError, match=r"TIDE_STUDENT is not set \(key: student.path\)"):
+        load_config(CONF / "cross_llada2.yaml")

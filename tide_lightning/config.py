@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import sysconfig
 import textwrap
 from dataclasses import dataclass, field
@@ -453,6 +454,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         merged = OmegaConf.merge(*layers)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
+        unset = re.search(r"Environment variable '(\w+)' not found", str(err))
+        if unset:  # the cluster configs read their paths from the environment
+            raise ConfigError(
+                f"environment variable {unset.group(1)} is not set{_where(err)}: export it "
+                f"(the config's header says what it points to) or override the key"
+            ) from None
         raise ConfigError(str(err).splitlines()[0] + _where(err)) from None
     except ConfigError:
         raise
