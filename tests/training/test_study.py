@@ -99,7 +99,7 @@ seeds: [0, 1, 2]
 variants:
   ce: {pipeline: shared, variant: ce}
   t1: {pipeline: shared, variant: tide_shared, overrides: [objective.temperature=1.0]}
-  tc: {pipeline: cross, variant: tide_cross}
+  tc: {pipeline: cross, variant: tide_cross, student_docs: 50}
 quick: {seeds: [0], steps: 3, teacher_steps: 2, variants: [ce, tc]}
 """
 
@@ -111,6 +111,7 @@ def test_grid_and_quick(tmp_path):
     assert [v.name for v in full.variants] == ["ce", "t1", "tc"] and full.seeds == (0, 1, 2)
     assert full.variants[1].overrides == ("objective.temperature=1.0",)
     assert full.variants[2].spec == ("cross", "tide_cross", "unigram")
+    assert (full.variants[0].student_docs, full.variants[2].student_docs) == (None, 50)
     assert [v.name for v in quick.variants] == ["ce", "tc"]
     assert (quick.seeds, quick.steps, quick.teacher_steps) == ((0,), 3, 2)
     path.write_text(GRID.replace("variants: [ce, tc]", "variants: [ce, nope]"))
@@ -144,7 +145,7 @@ def test_study_resumes_and_reports(tmp_path, monkeypatch):
         tmp_path / "bpe", tmp_path / "unigram", {"bpe": {"val/ce": 2.0}}, "k", False
     )
 
-    def fake_train(config_path, teachers, out_dir, run_dir, spec, overrides):
+    def fake_train(config_path, teachers, out_dir, run_dir, spec, overrides, student_docs):
         seed = int(next(o for o in overrides if o.startswith("seed="))[5:])
         calls.append((run_dir.name, spec[1]))
         if len(calls) == 4 and not stopped:

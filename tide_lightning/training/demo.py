@@ -264,14 +264,25 @@ def train_student(
     run_dir: Path,
     spec: tuple[str, str, str],
     overrides: tuple[str, ...] | list[str] = (),
+    student_docs: int | None = None,
 ) -> dict[str, float]:
-    """Train one student (resuming an interrupted run) and probe its last checkpoint."""
+    """Train one student (resuming an interrupted run) and probe its last checkpoint.
+
+    ``student_docs`` trains on the first that many training programs only (the teachers
+    saw all of them): the low-data regime where a teacher knows what the student's data
+    does not show. Validation is the same held-out file either way.
+    """
     from tide_lightning.training.run import fit
 
     corpus = _corpus_paths(out_dir)
+    train = corpus[0]
+    if student_docs is not None:
+        train = out_dir / "corpus" / f"train_first{student_docs}.jsonl"
+        lines = corpus[0].read_text(encoding="utf-8").splitlines(keepends=True)
+        train.write_text("".join(lines[:student_docs]), encoding="utf-8")
     pipeline, variant, teacher = spec
     config = student_config(config_path, teachers, run_dir, pipeline, variant, teacher, overrides)
-    fit(_with_corpus(config, *corpus))
+    fit(_with_corpus(config, train, corpus[1]))
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     return probe(config_path, teachers, corpus, run_dir, ckpt, overrides)
 

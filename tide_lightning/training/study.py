@@ -41,12 +41,14 @@ class Variant:
         pipeline: ``shared`` (BPE teacher) or ``cross`` (Unigram teacher).
         variant: ``objective.variant``.
         overrides: dotted ``key=value`` overrides of the base config.
+        student_docs: train on the first that many programs only (None: all of them).
     """
 
     name: str
     pipeline: str
     variant: str
     overrides: tuple[str, ...] = ()
+    student_docs: int | None = None
 
     @property
     def spec(self) -> tuple[str, str, str]:
@@ -79,7 +81,11 @@ def load_grid(path: Path = GRID, quick: bool = False) -> Grid:
         if pipeline not in PIPELINES:
             raise UserError(f"{path}: variants.{name}.pipeline must be shared or cross")
         overrides = tuple(str(o) for o in row.get("overrides", []))
-        variants.append(Variant(name, pipeline, str(row.get("variant", name)), overrides))
+        docs = row.get("student_docs")
+        if docs is not None and (not isinstance(docs, int) or docs < 1):
+            raise UserError(f"{path}: variants.{name}.student_docs must be a positive integer")
+        variant = str(row.get("variant", name))
+        variants.append(Variant(name, pipeline, variant, overrides, docs))
     if not variants:
         raise UserError(f"{path}: no variants")
     seeds, steps = raw.get("seeds", [0]), raw.get("steps")
@@ -103,7 +109,9 @@ def _run_one(config_path: Path, teachers, teacher_out: Path, run_dir: Path, v: V
         return json.loads(result.read_text())
     started = time.perf_counter()
     overrides = [*base, f"seed={seed}", *v.overrides]
-    row = demo.train_student(config_path, teachers, teacher_out, run_dir, v.spec, overrides)
+    row = demo.train_student(
+        config_path, teachers, teacher_out, run_dir, v.spec, overrides, v.student_docs
+    )
     row["seconds"] = time.perf_counter() - started
     run_dir.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps(row, indent=2) + "\n")
@@ -354,5 +362,6 @@ def _report(grid: Grid, table: dict, spreads: dict, seconds: float, key: str) ->
         "|---|---|---|---|",
     ]
     for v in grid.variants:
-        lines.append(f"| {v.name} | {v.pipeline} | {v.variant} | {' '.join(v.overrides) or '-'} |")
+        extra = [*v.overrides, *([f"student_docs={v.student_docs}"] if v.student_docs else [])]
+        lines.append(f"| {v.name} | {v.pipeline} | {v.variant} | {' '.join(extra) or '-'} |")
     return "\n".join(lines) + "\n"
