@@ -173,9 +173,8 @@ def test_study_resumes_and_reports(tmp_path, monkeypatch):
     assert (tmp_path / "study" / "runs" / "tc-s2" / "result.json").is_file()
 
 
-@pytest.mark.slow
 def test_quick_study_runs_end_to_end(tmp_path):
-    """``study --quick`` for real: tiny teachers, two seeds of three variants (a few minutes)."""
+    """``study --quick`` for real: tiny teachers, two seeds of three variants (about 30 s)."""
     from tide_lightning.cli import main
 
     out, teachers = tmp_path / "study", tmp_path / "demo"
