@@ -91,6 +91,20 @@ def reverse_calm_loss(
     return _mean(reverse_calm_from_probs(s, t))
 
 
+def _chunk_tidal_target(
+    student_chunk_logp: Tensor,
+    teacher_chunk_logp: Tensor,
+    lam: Tensor,
+    temperature: float,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """``s_c`` (with gradient) and the detached, clamped interpolation ``m_c`` of both TIDALs."""
+    s = chunk_probs(student_chunk_logp, temperature, eps)
+    t = chunk_probs(teacher_chunk_logp.detach(), temperature, eps)
+    lam = lam.float()
+    return s, ((1.0 - lam) * s + lam * t).detach().clamp(eps, 1.0 - eps)
+
+
 def chunk_tidal_loss(
     student_chunk_logp: Tensor,
     teacher_chunk_logp: Tensor,
@@ -114,10 +128,7 @@ def chunk_tidal_loss(
     Returns:
         Float32 scalar.
     """
-    s = chunk_probs(student_chunk_logp, temperature, eps)
-    t = chunk_probs(teacher_chunk_logp.detach(), temperature, eps)
-    lam = lam.float()
-    target = ((1.0 - lam) * s + lam * t).detach().clamp(eps, 1.0 - eps)
+    s, target = _chunk_tidal_target(student_chunk_logp, teacher_chunk_logp, lam, temperature, eps)
     losses = _bernoulli_ce(target, s)
     if weight is not None:
         losses = losses * weight.float()
@@ -151,10 +162,7 @@ def reverse_chunk_tidal_loss(
     Returns:
         Float32 scalar (0, graph-connected, when there is no active chunk).
     """
-    s = chunk_probs(student_chunk_logp, temperature, eps)
-    t = chunk_probs(teacher_chunk_logp.detach(), temperature, eps)
-    lam = lam.float()
-    target = ((1.0 - lam) * s + lam * t).detach().clamp(eps, 1.0 - eps)
+    s, target = _chunk_tidal_target(student_chunk_logp, teacher_chunk_logp, lam, temperature, eps)
     losses = _bernoulli_ce(s, target)
     if weight is not None:
         losses = losses * weight.float()
