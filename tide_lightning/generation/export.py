@@ -192,14 +192,12 @@ def tokenizer_for_run(run_dir: str | Path):
     ``config.yaml`` (``student.path`` or a ``student.tokenizer.source`` directory, or the
     packaged Qwen3 tokenizer).
     """
-    from transformers import AutoTokenizer
+    from tide_lightning.models.loading import load_tokenizer_dir
 
     run_dir = Path(run_dir)
     saved = run_dir / "student_tokenizer"
     if (saved / "tokenizer.json").is_file() or (saved / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(
-            str(saved), local_files_only=True, trust_remote_code=False
-        )
+        return load_tokenizer_dir(saved)
     config_file = run_dir / "config.yaml"
     if config_file.is_file():
         from omegaconf import OmegaConf
@@ -211,9 +209,7 @@ def tokenizer_for_run(run_dir: str | Path):
 
             return load_qwen3_tokenizer()
         if source and Path(source).is_dir():
-            return AutoTokenizer.from_pretrained(
-                str(source), local_files_only=True, trust_remote_code=False
-            )
+            return load_tokenizer_dir(source)
     raise FileNotFoundError(
         f"no student tokenizer for run {str(run_dir)!r}: pass the tokenizer directory explicitly"
     )
@@ -247,23 +243,28 @@ def export_checkpoint(
     Returns:
         ``out_dir``, loadable with :func:`tide_lightning.models.load_student`.
     """
-    from transformers import AutoTokenizer
 
     checkpoint = load_training_checkpoint(checkpoint_path)
     student = student_from_checkpoint(checkpoint, dtype)
-    if tokenizer_dir is None:
-        tokenizer = tokenizer_for_run(run_dir_of(checkpoint_path))
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(tokenizer_dir), local_files_only=True, trust_remote_code=False
-        )
-    _check_tokenizer(tokenizer, student)
+    tokenizer = _checkpoint_tokenizer(checkpoint_path, tokenizer_dir, student)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     student.model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
     make_world_readable(out_dir)
     return out_dir
+
+
+def _checkpoint_tokenizer(checkpoint_path, tokenizer_dir, student):
+    """The tokenizer of a training checkpoint: ``tokenizer_dir``, else its run folder's."""
+    from tide_lightning.models.loading import load_tokenizer_dir
+
+    if tokenizer_dir is None:
+        tokenizer = tokenizer_for_run(run_dir_of(checkpoint_path))
+    else:
+        tokenizer = load_tokenizer_dir(tokenizer_dir)
+    _check_tokenizer(tokenizer, student)
+    return tokenizer
 
 
 def make_world_readable(directory: Path) -> None:
@@ -297,7 +298,6 @@ def load_any(
     Returns:
         :class:`LoadedStudent`.
     """
-    from transformers import AutoTokenizer
 
     path = Path(path)
     if dtype is None:
@@ -309,13 +309,7 @@ def load_any(
         checkpoint = load_training_checkpoint(path)
         student = student_from_checkpoint(checkpoint, dtype, attention)
         block_size = checkpoint_block_size(checkpoint)
-        if tokenizer_dir is None:
-            tokenizer = tokenizer_for_run(run_dir_of(path))
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(
-                str(tokenizer_dir), local_files_only=True, trust_remote_code=False
-            )
-        _check_tokenizer(tokenizer, student)
+        tokenizer = _checkpoint_tokenizer(path, tokenizer_dir, student)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     student = student.to(device)
     return LoadedStudent(student.eval(), tokenizer, int(block_size or DEFAULT_BLOCK_SIZE))
