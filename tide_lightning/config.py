@@ -63,10 +63,10 @@ SOURCE_KINDS = ("jsonl", "parquet", "text", "code", "hf")
 """Data source kinds (:mod:`tide_lightning.data.sources` reads each)."""
 CODE_SUFFIXES = (".py", ".c", ".h", ".cpp", ".rs", ".go", ".js", ".ts", ".java", ".sh")
 """File endings a ``code`` directory source keeps by default."""
-TEACHER_KINDS = ("llada2", "wedlm", "generic", "tiny_moe")
+TEACHER_KINDS = ("llada2", "wedlm", "generic", "tiny_moe", "tiny_moe_clean_first")
 """The keys of :data:`tide_lightning.models.teachers.TEACHER_KINDS` (a test keeps them equal;
 spelled out so that loading a config does not import transformers)."""
-STUDENT_ARCHS = ("bd3lm", "tiny_moe")
+STUDENT_ARCHS = ("bd3lm", "tiny_moe", "tiny_moe_clean_first")
 ATTENTION = ("auto", "sdpa", "flex")
 """What :func:`tide_lightning.models.student.resolve_attention` accepts."""
 TEACHER_SHARDING = ("auto", "deepspeed", "none")
@@ -129,8 +129,10 @@ class StudentConfig:
     """The block-diffusion student: a checkpoint, or built from the sizes below."""
 
     arch: str = "bd3lm"
-    """bd3lm (the block-diffusion student) or tiny_moe (train a masked-diffusion MoE
-    teacher from scratch with the ce variant)."""
+    """bd3lm (the block-diffusion student), or a small Qwen3-MoE to train as a teacher from
+    scratch with the ce variant: tiny_moe (fully bidirectional over xt, LLaDA2's mode) or
+    tiny_moe_clean_first ([x0 ; xt] block by block, WeDLM's mode: it conditions on what
+    the student sees)."""
     path: str | None = None
     """Local HF directory of a BD3LM student; None builds one from the sizes below."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -178,9 +180,9 @@ class TeacherConfig:
     """The frozen teacher."""
 
     kind: str = "tiny_moe"
-    """llada2, wedlm, generic or tiny_moe (README: teacher kinds)."""
+    """llada2, wedlm, generic, tiny_moe or tiny_moe_clean_first (README: teacher kinds)."""
     path: str | None = None
-    """Local HF directory; None only for tiny_moe (a random in-process teacher)."""
+    """Local HF directory; None only for the tiny kinds (a random in-process teacher)."""
     tokenizer: TokenizerConfig | None = None
     """Teacher tokenizer (cross pipeline); None: the tokenizer in path."""
     sharding: str = "auto"
@@ -193,9 +195,9 @@ class TeacherConfig:
     mask_token_id: int | None = None
     """Override the kind's mask id (>= 0); None: the kind's, config.json's or tokenizer's."""
     hidden_size: int = 64
-    """Width of the random tiny_moe teacher."""
+    """Width of the random tiny teacher."""
     num_layers: int = 2
-    """Layers of the random tiny_moe teacher."""
+    """Layers of the random tiny teacher."""
     load_in_4bit: bool = False
     """Load the teacher in 4-bit NF4 (the published --teacher_load_in_4bit); needs CUDA,
     bitsandbytes and sharding none (tide_lightning.models.quantization)."""
@@ -402,7 +404,7 @@ class RunConfig:
                 raise ConfigError(f"teacher: objective.variant={variant.name} needs a teacher")
             if self.pipeline == "cross":
                 raise ConfigError("teacher: the cross pipeline needs a teacher (its tokenizer)")
-        elif variant.needs_teacher and teacher.path is None and teacher.kind != "tiny_moe":
+        elif variant.needs_teacher and teacher.path is None and not teacher.kind.startswith("tiny"):
             raise ConfigError(f"teacher.path is required for teacher.kind={teacher.kind}")
         cross = self.pipeline == "cross"
         if cross and teacher is not None and teacher.tokenizer is None and teacher.path is None:

@@ -158,3 +158,7 @@ def test_cross_masks_whole_chunks_on_both_sides(student, variant, compdemo):
     assert (ids[wanted] == TEACHER_MASK).all()
     assert torch.isfinite(out.loss)
     assert out.chunk_kl is not None and out.chunk_kl.numel() == out.kl_t.numel()
+    # A clean-first (WeDLM-layout) teacher gets the teacher's own clean ids, per pass.
+    tx0 = cross_batch()["teacher_input_ids"]
+    clean = teacher.calls[0][2]
+    assert torch.equal(clean, torch.cat([tx0, tx0]) if compdemo else tx0)

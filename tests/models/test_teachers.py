@@ -148,6 +148,39 @@ def test_tiny_moe_is_a_real_moe_and_trainable():
     assert teacher.model.lm_head.weight.grad is not None
 
 
+def test_tiny_moe_clean_first_reads_what_a_block_student_reads(tmp_path):
+    """The clean-first tiny teacher conditions on the clean past and its own noisy block only."""
+    teacher = build_tiny_moe_teacher(VOCAB, MASK, seed=0, kind="tiny_moe_clean_first", block_size=4)
+    assert teacher.kind.mode == "clean_first" and teacher.block_size == 4
+    x0 = rand_ids(1, 12)
+    xt = x0.clone()
+    xt[0, 5] = MASK  # a masked token in block 1
+    sel = xt == MASK
+    base = teacher.logits(xt, sel, clean_ids=x0)
+
+    def at5(clean, noisy):
+        return teacher.logits(noisy, sel, clean_ids=clean)
+
+    later = x0.clone()
+    later[0, 9] = (later[0, 9] + 1) % 60  # block 2, both halves: invisible to block 1
+    later_xt = xt.clone()
+    later_xt[0, 9] = later[0, 9]
+    torch.testing.assert_close(at5(later, later_xt), base)
+    earlier = x0.clone()
+    earlier[0, 1] = (earlier[0, 1] + 1) % 60  # block 0's clean copy: visible
+    assert not torch.allclose(at5(earlier, xt), base)
+    own = xt.clone()
+    own[0, 6] = (own[0, 6] + 1) % 60  # its own noisy block: visible
+    assert not torch.allclose(at5(x0, own), base)
+    # The student's training signature feeds x0 as the clean half.
+    torch.testing.assert_close(teacher.forward_train(xt, x0, sel, block_size=4), base)
+    teacher.save_pretrained(tmp_path / "t", tokenizer=tiny_tokenizer(60))
+    loaded = load_adapter("tiny_moe_clean_first", tmp_path / "t", block_size=4)
+    torch.testing.assert_close(loaded.logits(xt, sel, clean_ids=x0), base)
+    with pytest.raises(ValueError, match="builds"):
+        build_tiny_moe_teacher(VOCAB, MASK, kind="wedlm")
+
+
 def tiny_tokenizer(words: int) -> PreTrainedTokenizerFast:
     vocab = {f"w{i}": i for i in range(words)}
     backend = Tokenizer(models.WordLevel(vocab | {"<unk>": words}, unk_token="<unk>"))

@@ -320,13 +320,15 @@ def _cross_step(student, teacher, batch, s: ObjectiveConfig, progress, gen) -> S
         )
         ids, wanted = complementary_inputs(tx0, half_a, half_b, teacher.mask_token_id)
         pair = None if t_attention is None else torch.cat([t_attention, t_attention])
-        both = teacher.logits(ids, wanted, attention_mask=pair)
+        both = teacher.logits(ids, wanted, attention_mask=pair, clean_ids=torch.cat([tx0, tx0]))
         targets = torch.cat([tx0, tx0])[wanted]
         grid = _token_grid(gold_log_probs(both, targets), wanted)
         teacher_token_lp = grid[: tx0.shape[0]] + grid[tx0.shape[0] :]
     else:
         ids = apply_mask(tx0, teacher_masked, teacher.mask_token_id)
-        teacher_logits = teacher.logits(ids, teacher_masked, attention_mask=t_attention)
+        teacher_logits = teacher.logits(
+            ids, teacher_masked, attention_mask=t_attention, clean_ids=tx0
+        )
         teacher_token_lp = _token_grid(
             gold_log_probs(teacher_logits, tx0[teacher_masked]), teacher_masked
         )

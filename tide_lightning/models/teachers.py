@@ -70,7 +70,12 @@ TEACHER_KINDS: dict[str, TeacherKind] = {
     "wedlm": TeacherKind("wedlm", "clean_first", 151665, 151643, 151645, 151646, "additive"),
     "generic": TeacherKind("generic", "bidirectional", None, None, None, None, "additive"),
     "tiny_moe": TeacherKind("tiny_moe", "bidirectional", None, None, None, None, "bool"),
+    "tiny_moe_clean_first": TeacherKind(
+        "tiny_moe_clean_first", "clean_first", None, None, None, None, "bool"
+    ),
 }
+TINY_KINDS = ("tiny_moe", "tiny_moe_clean_first")
+"""The kinds :func:`build_tiny_moe_teacher` builds in-process (same model, two layouts)."""
 MODES = ("bidirectional", "clean_first")
 MASK_FORMATS = ("additive", "bool")
 
@@ -302,15 +307,22 @@ def build_tiny_moe_teacher(
     seed: int | None = None,
     frozen: bool = True,
     dtype: torch.dtype = torch.float32,
+    kind: str = "tiny_moe",
+    block_size: int = 32,
 ) -> TeacherAdapter:
     """A few-million-parameter (or smaller) real MoE teacher: transformers' Qwen3-MoE.
 
-    It is a masked-diffusion model in ``bidirectional`` mode; train it with
-    :meth:`TeacherAdapter.forward_train` (``frozen=False``) or use it random.
+    It is a masked-diffusion model; train it with :meth:`TeacherAdapter.forward_train`
+    (``frozen=False``) or use it random. ``kind`` picks the layout: ``tiny_moe`` reads
+    ``xt`` fully bidirectionally (LLaDA2's mode), ``tiny_moe_clean_first`` reads
+    ``[x0 ; xt]`` block by block (WeDLM's mode), so it conditions on what a BD3LM student
+    of the same ``block_size`` sees.
 
     Returns:
-        :class:`TeacherAdapter` of kind ``tiny_moe``.
+        :class:`TeacherAdapter` of ``kind``.
     """
+    if kind not in TINY_KINDS:
+        raise ValueError(f"build_tiny_moe_teacher builds {TINY_KINDS}, not {kind!r}")
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     config = Qwen3MoeConfig(
@@ -333,24 +345,24 @@ def build_tiny_moe_teacher(
         torch.manual_seed(seed)
     model = Qwen3MoeForCausalLM(config).to(dtype)
     model.set_attn_implementation("sdpa")
-    kind = teacher_kind("tiny_moe", mask_token_id=mask_token_id, pad_token_id=pad_token_id)
-    return TeacherAdapter(model, kind, frozen=frozen)
+    spec = teacher_kind(kind, mask_token_id=mask_token_id, pad_token_id=pad_token_id)
+    return TeacherAdapter(model, spec, block_size=block_size, frozen=frozen)
 
 
 def build_teacher(
     kind: str, model: nn.Module | None = None, block_size: int = 32, **kwargs
 ) -> TeacherAdapter:
-    """Wrap an in-memory model as a teacher of ``kind``; ``tiny_moe`` builds its own.
+    """Wrap an in-memory model as a teacher of ``kind``; the tiny kinds build their own.
 
     Args:
         kind: a :data:`TEACHER_KINDS` key.
-        model: the HF model (not for ``tiny_moe``).
+        model: the HF model (not for the :data:`TINY_KINDS`).
         block_size: ``Bk`` of the clean-first layout.
-        **kwargs: ``tiny_moe``: :func:`build_tiny_moe_teacher` arguments; otherwise
+        **kwargs: tiny kinds: :func:`build_tiny_moe_teacher` arguments; otherwise
             registry overrides (``mask_token_id``, ``pad_token_id``, ...).
     """
-    if kind == "tiny_moe":
-        return build_tiny_moe_teacher(**kwargs)
+    if kind in TINY_KINDS:
+        return build_tiny_moe_teacher(**kwargs, kind=kind, block_size=block_size)
     if model is None:
         raise ValueError(f"teacher kind {kind!r} needs a model (or use load_teacher)")
     return TeacherAdapter(model, teacher_kind(kind, **kwargs), block_size=block_size)

@@ -34,7 +34,7 @@ from tide_lightning.method.objective import ObjectiveConfig
 from tide_lightning.models import build_student, load_student
 from tide_lightning.models.frozen import FrozenTeacher, setup_teacher
 from tide_lightning.models.quantization import refuse_four_bit
-from tide_lightning.models.teachers import build_tiny_moe_teacher, resolve_mask_id
+from tide_lightning.models.teachers import TINY_KINDS, build_tiny_moe_teacher, resolve_mask_id
 from tide_lightning.training.callbacks import DataSkipLogger, console_callbacks
 from tide_lightning.training.checkpoints import AtomicCheckpointIO, resume_checkpoint
 from tide_lightning.training.module import DistillationModule
@@ -96,7 +96,7 @@ class TeacherFactory:
     """Builds the frozen (and, with several processes, ZeRO-3 sharded) teacher.
 
     A checkpoint goes through :func:`~tide_lightning.models.frozen.setup_teacher`; without
-    a path, a random ``tiny_moe`` teacher is built in-process (tests, quick runs).
+    a path, a random tiny teacher is built in-process (tests, quick runs).
     """
 
     kind: str
@@ -128,7 +128,7 @@ class TeacherFactory:
                 zero3_options=zero3,
                 load_in_4bit=self.load_in_4bit,
             )
-        if self.kind != "tiny_moe":
+        if self.kind not in TINY_KINDS:
             raise ValueError(f"teacher kind {self.kind!r} needs teacher.path")
         adapter = build_tiny_moe_teacher(
             self.vocab_size,
@@ -137,6 +137,8 @@ class TeacherFactory:
             hidden_size=self.hidden_size,
             num_layers=self.num_layers,
             seed=self.seed,
+            kind=self.kind,
+            block_size=self.block_size,
         )
         return setup_teacher(adapter, sharding=self.sharding, zero3_options=zero3)
 
@@ -168,7 +170,7 @@ def _student(config: RunConfig, tokenizer):
     s = config.student
     if s.path is not None:
         student, _ = load_student(s.path, attention=s.attention)
-    elif s.arch == "tiny_moe":
+    elif s.arch in TINY_KINDS:
         student = build_tiny_moe_teacher(
             _rows(tokenizer),
             tokenizer.mask_token_id,
@@ -180,6 +182,8 @@ def _student(config: RunConfig, tokenizer):
             num_experts=s.num_experts,
             seed=config.seed,
             frozen=False,
+            kind=s.arch,
+            block_size=config.objective.block_size,
         )
     else:
         student = build_student(
@@ -286,6 +290,7 @@ def build_run(config: RunConfig, callbacks: list | None = None) -> Run:
         seed=config.seed,
         teacher_factory=factory,
         teacher_label=teacher_label(config),
+        mechanism_metrics=config.trainer.mechanism_metrics,
     )
     trainer = build_trainer(config, callbacks, max_steps=total_steps)
     return Run(config, module, datamodule, trainer, student_tok, teacher_tok)

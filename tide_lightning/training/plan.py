@@ -289,9 +289,10 @@ def plan(
     arch, name = _architecture(config.student.path, "bd3lm")
     student = meta_model_size(arch, name)
     teacher = None
-    if config.teacher is not None and config.teacher.kind == "tiny_moe":
+    if config.teacher is not None and config.teacher.kind.startswith("tiny"):
         raise UserError(
-            "plan covers checkpoint teachers; teacher.kind=tiny_moe is built in-process"
+            f"plan covers checkpoint teachers; teacher.kind={config.teacher.kind} is built "
+            "in-process"
         )
     if config.teacher is not None:
         arch, name = _architecture(config.teacher.path, config.teacher.kind)
