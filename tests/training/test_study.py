@@ -133,6 +133,15 @@ def test_shipped_grid_overrides_load():
         assert config.objective.variant == variant
 
 
+def test_shipped_grid_starts_with_the_demo_students():
+    """The study's first rows are the demo's students with the demo's settings."""
+    grid = study.load_grid(study.GRID)
+    rows = {v.name: (*v.spec, v.overrides) for v in grid.variants[: len(demo.STUDENTS)]}
+    assert rows == {name: (*spec[:3], tuple(spec[3])) for name, spec in demo.STUDENTS.items()}
+    assert demo.Teachers.kind("bpe") == "tiny_moe_clean_first"  # WeDLM's layout
+    assert demo.Teachers.kind("unigram") == "tiny_moe"  # LLaDA2's layout
+
+
 class Stopped(Exception):
     """Stands for the study being interrupted (Ctrl-C, a lost job)."""
 

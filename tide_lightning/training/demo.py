@@ -5,11 +5,14 @@
    byte-level BPE for the student, a Unigram/metaspace one for the cross-pipeline teacher.
 2. Two Qwen3-MoE masked-diffusion teachers, one per tokenizer, are pretrained with the
    ``ce`` variant, twice as wide, one layer deeper and twice as long than a
-   student is trained. They are cached under ``<out>/teachers/<key>``, the key a hash of
-   their configs and of the corpus, so a rerun (and the study) reuses them.
+   student is trained, each in its pipeline's layout (:data:`TEACHER_KIND`): the BPE
+   teacher reads ``[x0 ; xt]`` block by block like WeDLM, the Unigram one reads ``xt``
+   fully bidirectionally like LLaDA2. They are cached under ``<out>/teachers/<key>``, the
+   key a hash of their configs and of the corpus, so a rerun (and the study) reuses them.
 3. A smaller BD3LM student is trained five ways for the same steps on the same data:
    ``ce`` (no teacher), ``kl`` and ``tide_shared`` (against the BPE teacher), ``calm`` and
-   ``tide_cross`` (against the Unigram teacher, in chunk space).
+   ``tide_cross`` (against the Unigram teacher, in chunk space); the shared pipeline's
+   token losses use the demo's small-scale settings (:data:`DEMO_SCALE`, :data:`DEMO_TIDAL`).
 4. Every model is validated on the held-out programs with the same masks: NELBO, token KL
    to the BPE teacher, chunk KL to the Unigram teacher, and the share of the ``ce``
    student's NELBO gap to the BPE teacher that each student closes.
@@ -36,11 +39,10 @@ from tide_lightning.training.demo_corpus import write_corpus
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "demo.yaml"
 
-TEACHER_RECIPE_VERSION = 1
+TEACHER_RECIPE_VERSION = 2
 """Bump when the teacher recipe changes in a way the hashed configs do not show."""
 
 TEACHER_OVERRIDES = (
-    "student.arch=tiny_moe",
     "student.hidden_size=96",
     "student.num_layers=3",
     "student.num_experts=4",
@@ -50,17 +52,39 @@ TEACHER_OVERRIDES = (
 )
 """A teacher is trained as the run's model, with these changes to the base config."""
 
+TEACHER_KIND = {"bpe": "tiny_moe_clean_first", "unigram": "tiny_moe"}
+"""Each demo teacher's layout, as in the paper's pipelines: the shared-vocabulary teacher
+reads ``[x0 ; xt]`` block by block like WeDLM (so it conditions on exactly what the student
+sees), the cross-tokenizer one reads ``xt`` fully bidirectionally like LLaDA2."""
+
 TEACHER_STEP_FACTOR = 2
 """Teachers train this many times the students' steps."""
 
+DEMO_SCALE = ("objective.temperature=1.0",)
+"""The shared pipeline's token losses at the demo's scale: temperature 1, not the published
+2. A 75 K student cannot follow a teacher's distribution softened by T = 2 (forward KL at
+T = 2 ends 0.60 nats above ``ce``; at T = 1, 0.14 below: docs/study.md)."""
+
+DEMO_TIDAL = (
+    *DEMO_SCALE,
+    "objective.tidal_axis=training_only",
+    "objective.lambda_init=0.9",
+    "objective.lambda_max=0.9",
+    "objective.time_weight=uniform",
+)
+"""TIDAL at the demo's scale: trust 0.9 from the first step, at every t. A student trained
+from scratch for 300 steps gains from its teacher early, where the published schedule
+(0.1 rising to 0.9, times 1 - t, midrange weight) gives it almost none; the study has the
+published schedule and each axis as rows (docs/study.md)."""
+
 STUDENTS = {
-    "ce": ("shared", "ce", "bpe"),
-    "kl": ("shared", "kl", "bpe"),
-    "tide_shared": ("shared", "tide_shared", "bpe"),
-    "calm": ("cross", "calm", "unigram"),
-    "tide_cross": ("cross", "tide_cross", "unigram"),
+    "ce": ("shared", "ce", "bpe", ()),
+    "kl": ("shared", "kl", "bpe", DEMO_SCALE),
+    "tide_shared": ("shared", "tide_shared", "bpe", DEMO_TIDAL),
+    "calm": ("cross", "calm", "unigram", ()),
+    "tide_cross": ("cross", "tide_cross", "unigram", ()),
 }
-"""Demo student -> (pipeline, variant, teacher it learns from)."""
+"""Demo student -> (pipeline, variant, teacher it learns from, overrides)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,11 @@ class Teachers:
 
     def path(self, name: str) -> Path:
         return {"bpe": self.bpe, "unigram": self.unigram}[name]
+
+    @staticmethod
+    def kind(name: str) -> str:
+        """The teacher kind (layout) of teacher ``name``."""
+        return TEACHER_KIND[name]
 
 
 def _banner(text: str) -> None:
@@ -115,6 +144,7 @@ def _teacher_config(
         [
             *base_overrides,
             *TEACHER_OVERRIDES,
+            f"student.arch={TEACHER_KIND[name]}",
             "run_dir=teacher",
             f"trainer.max_steps={steps}",
             f"trainer.val_check_interval={steps}",
@@ -201,6 +231,7 @@ def student_config(
             f"objective.variant={variant}",
             f"student.tokenizer.source={teachers.bpe}",
             f"teacher.path={teachers.path(teacher)}",
+            f"teacher.kind={teachers.kind(teacher)}",
             "teacher.tokenizer=null",
             *overrides,
         ],
@@ -319,11 +350,14 @@ def run_demo(
         "teacher_bpe": {"val/ce": teachers.metrics["bpe"].get("val/ce", math.nan)},
         "teacher_unigram": {"val/ce": teachers.metrics["unigram"].get("val/ce", math.nan)},
     }
-    for name, spec in STUDENTS.items():
-        _banner(f"training the {name} student ({spec[1]}, {spec[0]} pipeline)")
+    for name, (pipeline, variant, teacher, overrides) in STUDENTS.items():
+        _banner(f"training the {name} student ({variant}, {pipeline} pipeline)")
         run_dir = out_dir / f"student_{name}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a demo run trains its students afresh
-        table[name] = train_student(config_path, teachers, out_dir, run_dir, spec, base)
+        table[name] = train_student(
+            config_path, teachers, out_dir, run_dir, (pipeline, variant, teacher),
+            [*base, *overrides],
+        )  # fmt: skip
     print_table(table, out_dir, time.perf_counter() - started, teachers)
     return table
 
@@ -369,7 +403,10 @@ def print_table(table: dict, out_dir: Path, seconds: float, teachers: Teachers) 
     print(format_table(table))
     print(
         "\nNELBO in nats per BPE token, except teacher_unigram's (per Unigram token); the "
-        "teachers are scored fully bidirectionally, the students block by block.\n"
+        "BPE teacher and students are scored block by block (the BPE teacher reads [x0 ; xt] like "
+        "WeDLM), the Unigram teacher fully bidirectionally (like LLaDA2).\n"
+        f"kl and tide_shared use the demo's small-scale settings: {' '.join(DEMO_TIDAL)} "
+        "(kl: the temperature only; docs/study.md).\n"
         "gap closed = (NELBO of ce - NELBO of the student) / (NELBO of ce - NELBO of "
         "teacher_bpe)."
     )
