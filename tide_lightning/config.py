@@ -330,6 +330,9 @@ class TrainerConfig:
     """Lightning's progress bar on stdout."""
     keep_last: int = 3
     """Step checkpoints kept (the newest ones), plus last.ckpt; -1 keeps every one."""
+    mechanism_metrics: bool = True
+    """With a teacher, log the paper's mechanisms (mech/*, train/distill_grad_norm; README:
+    TensorBoard); costs a teacher call of 3x the rows per batch of a process's first validation."""
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.max_steps is None):

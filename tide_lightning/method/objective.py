@@ -164,6 +164,12 @@ class StepOutput:
     teacher_finite: bool = True
     terms: dict[str, Tensor] | None = None
     """A composite variant's terms by name (they add up to ``distill``); None otherwise."""
+    distill_student: Tensor | None = None
+    """What the distillation term reads of the student, with its graph: Float[N, V'] logits
+    at the distilled positions (token level) or Float[C_active] chunk ``LP_c`` (chunk
+    level); the gradient-norm diagnostics differentiate ``distill`` with respect to it."""
+    distill_teacher: Tensor | None = None
+    """The teacher's counterpart of ``distill_student`` (no gradient), same shape."""
 
 
 def _draw_time(batch: int, length: int, s: ObjectiveConfig, gen, device) -> Tensor:
@@ -288,6 +294,8 @@ def _shared_step(student, teacher, batch, s: ObjectiveConfig, progress, gen) -> 
         kl_t=t_pos,
         teacher_finite=bool(torch.isfinite(kl).all()),
         terms=terms if variant.terms else None,
+        distill_student=student_v,
+        distill_teacher=teacher_v,
     )
 
 
@@ -353,6 +361,8 @@ def _cross_step(student, teacher, batch, s: ObjectiveConfig, progress, gen) -> S
         chunk_kl=chunk_bernoulli_kl(student_lp.detach(), teacher_lp),
         kl_t=t_chunk,
         teacher_finite=bool(torch.isfinite(teacher_lp).all()),
+        distill_student=student_lp,
+        distill_teacher=teacher_lp,
     )
 
 

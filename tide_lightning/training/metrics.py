@@ -57,11 +57,41 @@ class BinnedMean(Metric):
         return torch.linspace(0, 1, self.num_bins + 1)
 
 
-def bin_names(num_bins: int, prefix: str = "val_kl_by_t") -> list[str]:
-    """Scalar tags naming each bin by its t range: ``val_kl_by_t/t_0.0-0.1``, ..."""
+class SummedTable(Metric):
+    """An element-wise sum of Float[rows, cols] tables over updates and ranks.
+
+    Used for the mechanism measurements (per t bin sums of the teacher's accuracy, NLL and
+    token counts): summing before dividing gives the global means across ranks.
+
+    Args:
+        rows, cols: the table's shape.
+    """
+
+    full_state_update = False
+
+    def __init__(self, rows: int, cols: int) -> None:
+        super().__init__()
+        self.add_state(
+            "total", default=torch.zeros(rows, cols, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+
+    def update(self, table: Tensor) -> None:
+        """Add Float[rows, cols] ``table``."""
+        self.total += table.to(self.total)
+
+    def compute(self) -> Tensor:
+        """Float64[rows, cols]: the sum over every update of every rank."""
+        return self.total.clone()
+
+
+def bin_names(num_bins: int, prefix: str = "val_kl_by_t", sep: str = "/t_") -> list[str]:
+    """Scalar tags naming each bin by its t range: ``val_kl_by_t/t_0.0-0.1``, ...
+
+    ``sep`` joins the prefix and the range (``"_t"``: ``mech/teacher_acc_t0.0-0.2``).
+    """
 
     def edge(i: int) -> str:
         text = f"{i / num_bins:.3f}".rstrip("0")
         return text + "0" if text.endswith(".") else text
 
-    return [f"{prefix}/t_{edge(i)}-{edge(i + 1)}" for i in range(num_bins)]
+    return [f"{prefix}{sep}{edge(i)}-{edge(i + 1)}" for i in range(num_bins)]

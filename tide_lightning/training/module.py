@@ -19,18 +19,22 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MaxMetric, MeanMetric
 
 from tide_lightning.config import OptimConfig
 from tide_lightning.method.interfaces import Teacher
 from tide_lightning.method.objective import ObjectiveConfig, StepOutput, distill_step
-from tide_lightning.method.schedules import lambda_train
+from tide_lightning.method.schedules import lambda_train, tidal_lambda
 from tide_lightning.models.frozen import FrozenTeacher
-from tide_lightning.training import plots
-from tide_lightning.training.metrics import BinnedMean, bin_names
+from tide_lightning.training import mechanisms, plots
+from tide_lightning.training.metrics import BinnedMean, SummedTable, bin_names
 from tide_lightning.training.tensorboard import RunLogger
 
 NUM_T_BINS = 10
+MECHANISM_T_BINS = 5
+"""t bins of the validation's teacher measurements (mech/teacher_acc_t0.0-0.2, ...)."""
+MECHANISM_SALT = 0x6D656368
+"""Seeds the mechanism passes' masks apart from the validation step's (val/ce unchanged)."""
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> float:
@@ -59,6 +63,12 @@ class DistillationModule(L.LightningModule):
         teacher_factory: a callable returning a :class:`FrozenTeacher`, called in ``setup``
             (after the process group exists, so it can be sharded) when ``teacher`` is None.
         teacher_label: how figures name the teacher (e.g. its checkpoint folder).
+        mechanism_metrics: measure the paper's mechanisms (docs/study.md, Mechanisms): per
+            training step ``train/distill_grad_norm``; per validation the teacher's
+            accuracy and NLL on masked tokens by t, plain and with CompDemo (masks of
+            their own; one extra teacher call of 3B rows per batch, at the process's
+            first validation only), lambda_t per t bin, and for chunk variants the CALM
+            and Reverse CALM gradient norms. Only with a teacher.
     """
 
     def __init__(
@@ -73,6 +83,7 @@ class DistillationModule(L.LightningModule):
         val_seed: int = 1234,
         teacher_factory: Callable[[], FrozenTeacher] | None = None,
         teacher_label: str = "teacher",
+        mechanism_metrics: bool = True,
     ) -> None:
         super().__init__()
         self.student = student
@@ -98,9 +109,17 @@ class DistillationModule(L.LightningModule):
         self.val_kl = MeanMetric()
         self.val_chunk_kl = MeanMetric()
         self.val_kl_by_t = BinnedMean(NUM_T_BINS)
+        self.mechanism_metrics = mechanism_metrics and self.objective.spec.needs_teacher
+        self.val_teacher = SummedTable(len(mechanisms.SUM_ROWS), MECHANISM_T_BINS)
+        # Submodules (a ModuleDict), so their states follow the module's device and sync.
+        names = ("calm", "reverse_calm")
+        self.val_grad_mean = torch.nn.ModuleDict({n: MeanMetric() for n in names})
+        self.val_grad_max = torch.nn.ModuleDict({n: MaxMetric() for n in names})
+        self._teacher_cache: dict[int, tuple[str, Tensor]] = {}
         self.bad_steps = 0
         self._step_started = None
         self._step_tokens = 0
+        self._distill_probe: mechanisms.GradientNormProbe | None = None
         self._loaded_step: int | None = None
         # (step, per-bin mean KL) of every validation so far: the KL-vs-t figure overlays
         # them; saved in checkpoints so a resumed run keeps drawing the whole history.
@@ -206,6 +225,9 @@ class DistillationModule(L.LightningModule):
             logs["train/kl_to_teacher"] = out.kl_to_teacher.mean()
         if out.chunk_kl is not None and out.chunk_kl.numel():
             logs["train/chunk_kl"] = out.chunk_kl.mean()
+        if self.mechanism_metrics and self.objective.distill_weight > 0:
+            # Read from this step's backward: logged in on_train_batch_end.
+            self._distill_probe = mechanisms.GradientNormProbe(out.distill, out.distill_student)
         self.log_dict(logs, on_step=True, batch_size=batch["input_ids"].shape[0])
         bar = {"loss": out.loss, "ce": out.ce}
         if spec.needs_teacher:
@@ -219,6 +241,10 @@ class DistillationModule(L.LightningModule):
         return out.loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        probe, self._distill_probe = self._distill_probe, None
+        norm = None if probe is None else probe.value()
+        if norm is not None:
+            self.log("train/distill_grad_norm", norm, on_step=True, on_epoch=False)
         # Forward, backward and (on the last micro-batch) the optimizer step.
         if self._step_started is None or not self._step_tokens:
             return
@@ -260,6 +286,51 @@ class DistillationModule(L.LightningModule):
             self.val_chunk_kl.update(out.chunk_kl)
             self.val_kl_by_t.update(out.chunk_kl, out.kl_t)
             self.log("val/chunk_kl", self.val_chunk_kl, **epoch)
+        if self.mechanism_metrics and self.teacher is not None:
+            self._chunk_gradients(out)
+            del out  # the step's logits are not needed by the teacher passes
+            self.val_teacher.update(self._teacher_sums(batch, batch_idx))
+
+    def _teacher_sums(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """The teacher's accuracy/NLL sums on this batch (:func:`mechanisms.teacher_sums`).
+
+        The teacher is frozen and the masks are fixed, so a batch seen before gives the
+        same sums: they are kept per batch (checked against a digest of the batch) and
+        only the first validation of a process pays for the teacher passes.
+        """
+        key = mechanisms.batch_fingerprint(batch)
+        cached = self._teacher_cache.get(batch_idx)
+        hit = cached is not None and cached[0] == key
+        # A sharded teacher needs every rank in every call: all ranks reuse, or none.
+        if self.trainer.strategy.reduce_boolean_decision(hit, all=True):
+            return cached[1]
+        sums = mechanisms.teacher_sums(
+            self.teacher,
+            batch,
+            self.pipeline,
+            MECHANISM_T_BINS,
+            self._generator(self.val_seed, batch_idx, MECHANISM_SALT),
+            first_row=batch_idx * batch["input_ids"].shape[0],
+            ratio=self.objective.compdemo_ratio,
+        )
+        self._teacher_cache[batch_idx] = (key, sums)
+        return sums
+
+    def _chunk_gradients(self, out: StepOutput) -> None:
+        """CALM's and Reverse CALM's gradient norms on this batch's chunks, whichever trains.
+
+        A batch without an active chunk counts with weight 0 (every rank updates, so every
+        rank reduces).
+        """
+        if self.objective.spec.level != "chunk":
+            return
+        norms = mechanisms.chunk_gradient_norms(
+            out.distill_student, out.distill_teacher, self.objective.temperature
+        )
+        weight = float(out.distill_student.numel() > 0)
+        for name, value in norms.items():
+            self.val_grad_mean[name].update(value, weight)
+            self.val_grad_max[name].update(value)
 
     def on_validation_epoch_end(self) -> None:
         # Lightning would write epoch-level scalars at its loop counter, one step behind
@@ -275,6 +346,7 @@ class DistillationModule(L.LightningModule):
         ):
             if metric.update_count:
                 scalars[name] = float(metric.compute())
+        scalars |= self._mechanism_scalars(step)
         binned = self.val_kl_by_t
         if not binned.update_count:  # a ce run without a teacher: no KL curve
             self._log_scalars(scalars, step)
@@ -289,6 +361,42 @@ class DistillationModule(L.LightningModule):
             self.kl_history = [h for h in self.kl_history if h[0] != step]
             self.kl_history.append((step, curve.tolist()))
         self._log_pictures(step, std, counts)
+
+    def _mechanism_scalars(self, step: int) -> dict[str, float]:
+        """The mech/* scalars of this validation (every rank reduces), and its figure."""
+        if not self.val_teacher.update_count:
+            return {}
+        summary = mechanisms.summarise(self.val_teacher.compute())
+        self.val_teacher.reset()
+        o, lam = self.objective, None
+        if o.spec.uses_tidal:
+            lam = tidal_lambda(
+                summary["centers"], self.progress, o.lambda_init, o.lambda_max, o.lambda_shape,
+                o.tidal_axis,
+            )  # fmt: skip
+        scalars = mechanisms.mechanism_scalars(summary, lam)
+        for name, mean in self.val_grad_mean.items():
+            peak = self.val_grad_max[name]
+            if mean.update_count:
+                value, top = float(mean.compute()), float(peak.compute())
+                if math.isfinite(value):  # NaN: no active chunk in the whole validation
+                    scalars[f"mech/grad_norm_{name}"] = value
+                    scalars[f"mech/grad_norm_{name}_max"] = top
+            mean.reset()
+            peak.reset()
+        writer = getattr(self.logger, "experiment", None)
+        if self.global_rank == 0 and hasattr(writer, "add_image"):
+            picture = plots.teacher_curve(
+                summary["centers"].numpy(),
+                summary["acc_plain"].numpy(),
+                summary["acc_compdemo"].numpy(),
+                summary["count"].numpy(),
+                None if lam is None else lam.numpy(),
+                teacher=self.teacher_label,
+                step=step,
+            )
+            writer.add_image("mech/teacher_vs_lambda_t", picture, step, dataformats="HWC")
+        return scalars
 
     def _log_scalars(self, scalars: dict[str, float], step: int) -> None:
         if self.global_rank == 0 and self.logger is not None and scalars:

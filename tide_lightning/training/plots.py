@@ -1,4 +1,4 @@
-"""Pictures for TensorBoard's Images tab: the TIDAL trust heatmap and KL versus t.
+"""Pictures for TensorBoard's Images tab: TIDAL's trust, KL versus t, the teacher versus t.
 
 Each function returns an ``[H, W, 3]`` uint8 array (matplotlib's Agg backend, no
 display needed), ready for ``SummaryWriter.add_image(..., dataformats="HWC")``.
@@ -117,5 +117,62 @@ def kl_curve(
     width = 1.0 / max(len(centers), 1)
     bars.bar(centers, counts, width=0.9 * width, color="C1")
     bars.set_ylabel(f"{quantity.split()[0]}s")  # what each bin averaged over
+    bars.set_xlabel("diffusion time t (mask rate)")
+    return _render(fig)
+
+
+def teacher_curve(
+    centers: np.ndarray,
+    acc_plain: np.ndarray,
+    acc_compdemo: np.ndarray,
+    counts: np.ndarray,
+    lambda_t: np.ndarray | None = None,
+    teacher: str = "teacher",
+    step: int | None = None,
+) -> np.ndarray:
+    """The teacher's top-1 accuracy on masked tokens per t bin, plain and with CompDemo.
+
+    With ``lambda_t`` (TIDAL variants) the trust at the bin centres is drawn on the same
+    0-1 axis, so the schedule reads against the teacher's reliability.
+
+    Args:
+        centers: Float[B] bin midpoints in ``[0, 1]``.
+        acc_plain: Float[B] accuracy with every masked token hidden (NaN: empty bin).
+        acc_compdemo: Float[B] accuracy with CompDemo's complementary passes.
+        counts: Int[B] masked tokens per bin.
+        lambda_t: Float[B] TIDAL trust at the bin centres and the current progress, or None.
+        teacher: which teacher, for the title.
+        step: the step of the weights, for the title.
+
+    Returns:
+        ``[H, W, 3]`` uint8 image.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bars) = plt.subplots(
+        2, 1, figsize=(6, 5), dpi=80, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    for values, label, style in (
+        (acc_plain, "teacher acc, all masked hidden", "o-"),
+        (acc_compdemo, "teacher acc, CompDemo", "s-"),
+        (lambda_t, "lambda_t (TIDAL trust)", "^--"),
+    ):
+        if values is None:
+            continue
+        keep = np.isfinite(values)
+        ax.plot(centers[keep], values[keep], style, label=label)
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, 1)
+    ax.set_ylabel("top-1 accuracy / trust")
+    when = "" if step is None else f", step {step}"
+    ax.set_title(f"{teacher} on masked tokens{when}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    width = 1.0 / max(len(centers), 1)
+    bars.bar(centers, counts, width=0.9 * width, color="C1")
+    bars.set_ylabel("tokens")
     bars.set_xlabel("diffusion time t (mask rate)")
     return _render(fig)

@@ -43,6 +43,7 @@ RESUMABLE_CHANGES = (
     "trainer.limit_val_batches",
     "trainer.enable_progress_bar",
     "trainer.keep_last",
+    "trainer.mechanism_metrics",
     "data.num_workers",
     "optim.max_bad_steps",
 )

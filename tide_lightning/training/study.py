@@ -227,7 +227,11 @@ def run_study(
 
 
 def measure_mechanisms(config_path: Path, teachers, teacher_out: Path) -> str:
-    """CompDemo and TIDAL measured on the BPE teacher over the validation batches (markdown)."""
+    """CompDemo and TIDAL measured on the BPE teacher over the validation batches (markdown).
+
+    The measurement of every validation (:func:`~tide_lightning.training.mechanisms.teacher_by_t`
+    sums :func:`~tide_lightning.training.mechanisms.teacher_sums`), here at progress 0.5 and 1.
+    """
     from tide_lightning.models.frozen import load_teacher
     from tide_lightning.training.builders import build_run
     from tide_lightning.training.mechanisms import mechanism_table, teacher_by_t
@@ -239,7 +243,9 @@ def measure_mechanisms(config_path: Path, teachers, teacher_out: Path) -> str:
     datamodule = build_run(config).datamodule
     datamodule.setup("validate")
     batches = list(datamodule.val_dataloader())
-    teacher = load_teacher(teachers.bpe, "tiny_moe", block_size=config.objective.block_size)
+    teacher = load_teacher(
+        teachers.bpe, config.teacher.kind, block_size=config.objective.block_size
+    )
     o = config.objective
     return mechanism_table(
         teacher_by_t(teacher, batches), o.lambda_init, o.lambda_max, o.lambda_shape, o.tidal_axis
@@ -251,6 +257,10 @@ def measure_calm_gradients(
 ) -> str:
     """CALM and Reverse CALM gradient norms per validation batch on trained students (markdown).
 
+    Each batch's chunks are those of a ``tide_cross`` validation step
+    (:func:`~tide_lightning.method.objective.distill_step`), scored as validation scores
+    them (:func:`~tide_lightning.training.mechanisms.chunk_gradient_norms`).
+
     Args:
         runs: row name -> a student's run folder (its ``checkpoints/last.ckpt`` is read).
     """
@@ -259,9 +269,10 @@ def measure_calm_gradients(
     import torch
 
     from tide_lightning.generation.export import load_any
+    from tide_lightning.method.objective import distill_step
     from tide_lightning.models.frozen import load_teacher
     from tide_lightning.training.builders import build_run
-    from tide_lightning.training.mechanisms import chunk_gradient_norms, chunk_lps
+    from tide_lightning.training.mechanisms import chunk_gradient_norms
 
     config = demo.student_config(
         config_path, teachers, teacher_out / "mechanisms", "cross", "tide_cross", "unigram"
@@ -270,8 +281,8 @@ def measure_calm_gradients(
     datamodule = build_run(config).datamodule
     datamodule.setup("validate")
     batches = list(datamodule.val_dataloader())
-    teacher = load_teacher(teachers.unigram, "tiny_moe")
-    o = config.objective
+    teacher = load_teacher(teachers.unigram, config.teacher.kind)
+    o = config.objective.resolved("cross")
     lines = [
         "| student | batches | CALM gradient norm, mean (max) | Reverse CALM, mean (max) |",
         "|---|---|---|---|",
@@ -282,10 +293,13 @@ def measure_calm_gradients(
             continue
         student = load_any(ckpt, dtype=torch.float32, device="cpu").student.eval()
         gen = torch.Generator().manual_seed(0)
-        norms = [
-            chunk_gradient_norms(*chunk_lps(student, teacher, b, o.block_size, gen), o.temperature)
-            for b in batches
-        ]
+        norms = []
+        for b in batches:
+            with torch.no_grad():
+                out = distill_step(student, teacher, b, o, 1.0, gen, pipeline="cross")
+            norms.append(
+                chunk_gradient_norms(out.distill_student, out.distill_teacher, o.temperature)
+            )
         cells = []
         for key in ("calm", "reverse_calm"):
             values = [n[key] for n in norms]
