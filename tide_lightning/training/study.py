@@ -211,7 +211,7 @@ def run_study(
     text += (
         "\nThe BPE teacher on the validation programs, by diffusion time t (CompDemo: each "
         "half of the masked tokens read while the other half is revealed; lambda_t: the "
-        "TIDAL trust of tide_shared's settings):\n\n" + mechanisms + "\n"
+        "published schedule's TIDAL trust):\n\n" + mechanisms + "\n"
         "\nGradient norm of the chunk loss with respect to the student's chunk "
         "log-probabilities, per validation batch, on each student's last checkpoint "
         f"(seed {grid.seeds[0]}; T = the cross pipeline's temperature):\n\n" + gradients + "\n"
@@ -228,6 +228,8 @@ def run_study(
 
 def measure_mechanisms(config_path: Path, teachers, teacher_out: Path) -> str:
     """CompDemo and TIDAL measured on the BPE teacher over the validation batches (markdown).
+
+    lambda_t is the published schedule's (the base config's objective, no grid overrides).
 
     The measurement of every validation (:func:`~tide_lightning.training.mechanisms.teacher_by_t`
     sums :func:`~tide_lightning.training.mechanisms.teacher_sums`), here at progress 0.5 and 1.
