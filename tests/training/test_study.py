@@ -142,6 +142,40 @@ def test_shipped_grid_starts_with_the_demo_students():
     assert demo.Teachers.kind("unigram") == "tiny_moe"  # LLaDA2's layout
 
 
+@pytest.mark.parametrize(
+    "pipeline,name,kind",
+    [("shared", "bpe", "tiny_moe_clean_first"), ("cross", "unigram", "tiny_moe")],
+)
+def test_measurements_load_each_teacher_in_its_layout(tmp_path, monkeypatch, pipeline, name, kind):
+    """The study's after-training measurements read a teacher as its students did (a bug:
+    the gradient shares once read the clean-first BPE teacher bidirectionally)."""
+    import tide_lightning.models.frozen as frozen
+    import tide_lightning.training.builders as builders
+
+    loaded = []
+    monkeypatch.setattr(frozen, "load_teacher", lambda *a, **k: loaded.append((a, k)) or "T")
+
+    class FakeData:
+        def setup(self, stage):
+            pass
+
+        def val_dataloader(self):
+            return ["b0", "b1"]
+
+    monkeypatch.setattr(
+        builders, "build_run", lambda config: type("R", (), {"datamodule": FakeData()})
+    )
+    teachers = demo.Teachers(tmp_path / "bpe", tmp_path / "unigram", {}, "k", False)
+    variant = "tide_shared" if pipeline == "shared" else "tide_cross"
+    config, batches, teacher = study._validation_setup(
+        CONF / "study.yaml", teachers, tmp_path, pipeline, variant, name
+    )
+    assert (batches, teacher) == (["b0", "b1"], "T")
+    ((args, kwargs),) = loaded
+    assert args == (teachers.path(name), kind) and kwargs == {"block_size": 16}
+    assert config.teacher.kind == kind
+
+
 class Stopped(Exception):
     """Stands for the study being interrupted (Ctrl-C, a lost job)."""
 

@@ -226,6 +226,37 @@ def run_study(
     return results
 
 
+def _validation_setup(
+    config_path: Path,
+    teachers,
+    teacher_out: Path,
+    pipeline: str,
+    variant: str,
+    teacher: str,
+    overrides: tuple[str, ...] | list[str] = (),
+):
+    """A student config, the validation batches and the frozen teacher ``teacher``.
+
+    The teacher is loaded in its own layout (:meth:`demo.Teachers.kind`: the BPE teacher
+    clean-first, the Unigram one bidirectional) with the config's block size.
+
+    Returns:
+        ``(config, batches, frozen_teacher)``.
+    """
+    from tide_lightning.models.frozen import load_teacher
+    from tide_lightning.training.builders import build_run
+
+    config = demo.student_config(
+        config_path, teachers, teacher_out / "mechanisms", pipeline, variant, teacher, overrides
+    )
+    datamodule = build_run(demo._with_corpus(config, *demo._corpus_paths(teacher_out))).datamodule
+    datamodule.setup("validate")
+    frozen = load_teacher(
+        teachers.path(teacher), teachers.kind(teacher), block_size=config.objective.block_size
+    )
+    return config, list(datamodule.val_dataloader()), frozen
+
+
 def measure_mechanisms(config_path: Path, teachers, teacher_out: Path) -> str:
     """CompDemo and TIDAL measured on the BPE teacher over the validation batches (markdown).
 
@@ -234,19 +265,10 @@ def measure_mechanisms(config_path: Path, teachers, teacher_out: Path) -> str:
     The measurement of every validation (:func:`~tide_lightning.training.mechanisms.teacher_by_t`
     sums :func:`~tide_lightning.training.mechanisms.teacher_sums`), here at progress 0.5 and 1.
     """
-    from tide_lightning.models.frozen import load_teacher
-    from tide_lightning.training.builders import build_run
     from tide_lightning.training.mechanisms import mechanism_table, teacher_by_t
 
-    config = demo.student_config(
-        config_path, teachers, teacher_out / "mechanisms", "shared", "tide_shared", "bpe"
-    )
-    config = demo._with_corpus(config, *demo._corpus_paths(teacher_out))
-    datamodule = build_run(config).datamodule
-    datamodule.setup("validate")
-    batches = list(datamodule.val_dataloader())
-    teacher = load_teacher(
-        teachers.bpe, config.teacher.kind, block_size=config.objective.block_size
+    config, batches, teacher = _validation_setup(
+        config_path, teachers, teacher_out, "shared", "tide_shared", "bpe"
     )
     o = config.objective
     return mechanism_table(
@@ -272,18 +294,11 @@ def measure_calm_gradients(
 
     from tide_lightning.generation.export import load_any
     from tide_lightning.method.objective import distill_step
-    from tide_lightning.models.frozen import load_teacher
-    from tide_lightning.training.builders import build_run
     from tide_lightning.training.mechanisms import chunk_gradient_norms
 
-    config = demo.student_config(
-        config_path, teachers, teacher_out / "mechanisms", "cross", "tide_cross", "unigram"
+    config, batches, teacher = _validation_setup(
+        config_path, teachers, teacher_out, "cross", "tide_cross", "unigram"
     )
-    config = demo._with_corpus(config, *demo._corpus_paths(teacher_out))
-    datamodule = build_run(config).datamodule
-    datamodule.setup("validate")
-    batches = list(datamodule.val_dataloader())
-    teacher = load_teacher(teachers.unigram, config.teacher.kind)
     o = config.objective.resolved("cross")
     lines = [
         "| student | batches | CALM gradient norm, mean (max) | Reverse CALM, mean (max) |",
@@ -324,16 +339,15 @@ def measure_term_gradients(
     import torch
 
     from tide_lightning.generation.export import load_any
-    from tide_lightning.models.frozen import load_teacher
-    from tide_lightning.training.builders import build_run
     from tide_lightning.training.mechanisms import term_gradient_norms
 
-    teacher = load_teacher(teachers.bpe, "tiny_moe")
+    _, batches, teacher = _validation_setup(
+        config_path, teachers, teacher_out, "shared", "tide_shared", "bpe"
+    )
     lines = [
         "| student | progress | CE gradient norm | distillation gradient norm | share |",
         "|---|---|---|---|---|",
     ]
-    batches = None
     for name, (run_dir, variant, overrides) in runs.items():
         ckpt = run_dir / "checkpoints" / "last.ckpt"
         if not ckpt.is_file():
@@ -342,11 +356,6 @@ def measure_term_gradients(
             config_path, teachers, teacher_out / "mechanisms", "shared", variant, "bpe",
             overrides,
         )  # fmt: skip
-        if batches is None:
-            config_c = demo._with_corpus(config, *demo._corpus_paths(teacher_out))
-            datamodule = build_run(config_c).datamodule
-            datamodule.setup("validate")
-            batches = list(datamodule.val_dataloader())
         student = load_any(ckpt, dtype=torch.float32, device="cpu").student
         for progress in (0.5, 1.0):
             gen = torch.Generator().manual_seed(0)
