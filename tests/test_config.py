@@ -176,9 +176,10 @@ def test_declared_choices_match_the_registries():
     from tide_lightning.data.examples import TEACHER_VIEWS
     from tide_lightning.data.mixing import MIXING_MODES
     from tide_lightning.models.student import resolve_attention
-    from tide_lightning.models.teachers import TEACHER_KINDS
+    from tide_lightning.models.teachers import TEACHER_KINDS, TINY_KINDS
 
     assert set(cfg.TEACHER_KINDS) == set(TEACHER_KINDS)
+    assert cfg.TINY_TEACHER_KINDS == TINY_KINDS
     assert cfg.MIXING_MODES == MIXING_MODES and cfg.TEACHER_VIEWS == TEACHER_VIEWS
     assert set(cfg.PRECISIONS) <= set(typing.get_args(_PRECISION_INPUT_STR))
     for attention in cfg.ATTENTION:

@@ -63,10 +63,12 @@ SOURCE_KINDS = ("jsonl", "parquet", "text", "code", "hf")
 """Data source kinds (:mod:`tide_lightning.data.sources` reads each)."""
 CODE_SUFFIXES = (".py", ".c", ".h", ".cpp", ".rs", ".go", ".js", ".ts", ".java", ".sh")
 """File endings a ``code`` directory source keeps by default."""
-TEACHER_KINDS = ("llada2", "wedlm", "generic", "tiny_moe", "tiny_moe_clean_first")
+TINY_TEACHER_KINDS = ("tiny_moe", "tiny_moe_clean_first")
+"""Teacher kinds built in-process (no checkpoint needed); also student architectures."""
+TEACHER_KINDS = ("llada2", "wedlm", "generic", *TINY_TEACHER_KINDS)
 """The keys of :data:`tide_lightning.models.teachers.TEACHER_KINDS` (a test keeps them equal;
 spelled out so that loading a config does not import transformers)."""
-STUDENT_ARCHS = ("bd3lm", "tiny_moe", "tiny_moe_clean_first")
+STUDENT_ARCHS = ("bd3lm", *TINY_TEACHER_KINDS)
 ATTENTION = ("auto", "sdpa", "flex")
 """What :func:`tide_lightning.models.student.resolve_attention` accepts."""
 TEACHER_SHARDING = ("auto", "deepspeed", "none")
@@ -407,7 +409,11 @@ class RunConfig:
                 raise ConfigError(f"teacher: objective.variant={variant.name} needs a teacher")
             if self.pipeline == "cross":
                 raise ConfigError("teacher: the cross pipeline needs a teacher (its tokenizer)")
-        elif variant.needs_teacher and teacher.path is None and not teacher.kind.startswith("tiny"):
+        elif (
+            variant.needs_teacher
+            and teacher.path is None
+            and teacher.kind not in TINY_TEACHER_KINDS
+        ):
             raise ConfigError(f"teacher.path is required for teacher.kind={teacher.kind}")
         cross = self.pipeline == "cross"
         if cross and teacher is not None and teacher.tokenizer is None and teacher.path is None:

@@ -42,7 +42,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tide_lightning.config import RunConfig
+from tide_lightning.config import TINY_TEACHER_KINDS, RunConfig
 from tide_lightning.errors import UserError
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "conf" / "models"
@@ -289,7 +289,7 @@ def plan(
     arch, name = _architecture(config.student.path, "bd3lm")
     student = meta_model_size(arch, name)
     teacher = None
-    if config.teacher is not None and config.teacher.kind.startswith("tiny"):
+    if config.teacher is not None and config.teacher.kind in TINY_TEACHER_KINDS:
         raise UserError(
             f"plan covers checkpoint teachers; teacher.kind={config.teacher.kind} is built "
             "in-process"
